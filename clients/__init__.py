@@ -1,0 +1,1 @@
+"""Client roles: one module per role; each handles the ClientApp's messages."""

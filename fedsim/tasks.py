@@ -1,0 +1,141 @@
+"""Tasks: what is learned, by which model, under which loss and metrics.
+
+A task is built from a :class:`~fedsim.config.RunConfig`. It builds models,
+gives per-example losses (so that a client can score several models on its
+data in one pass) and computes evaluation metrics. A plug-in task subclasses
+:class:`Task` and is registered under ``fedsim.tasks``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fedsim.config import ConfigError, RunConfig
+from fedsim.models import MLP, AutoEncoder, LinearRegressor, SmallCNN
+
+INPUT_SHAPES = {
+    "digits": (1, 8, 8),
+    "mnist-5k": (1, 28, 28),
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
+NUM_CLASSES = 10
+
+
+class Task:
+    """Base class of a task.
+
+    Parameters
+    ----------
+    config : RunConfig
+        The run configuration.
+    """
+
+    models: tuple[str, ...] = ()
+    """Values of the ``model`` key this task accepts."""
+    metric: str = "loss"
+    """The headline evaluation metric (reported as ``eval-<metric>``)."""
+    higher_is_better: bool = False
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        """Raise :class:`ConfigError` if the configuration does not fit the task."""
+        if config.model not in cls.models:
+            raise ConfigError(
+                f"model = '{config.model}' does not fit task = '{config.task}'; allowed: {', '.join(cls.models)}"
+            )
+
+    def build_model(self) -> nn.Module:
+        """Return a new, untrained model."""
+        raise NotImplementedError
+
+    def init_model(self, seed: int) -> nn.Module:
+        """Return a new model whose initial weights depend only on ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.build_model()
+
+    def example_losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-example training loss, shape ``(len(x),)``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """Mean loss (and task metrics) of ``model`` on ``(x, y)``."""
+        model.eval()
+        return {"loss": float(self.example_losses(model, x, y).mean())}
+
+
+class ClassificationTask(Task):
+    """Supervised image classification with cross-entropy; reports accuracy."""
+
+    models = ("mlp", "cnn")
+    metric = "accuracy"
+    higher_is_better = True
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.dataset not in INPUT_SHAPES:
+            raise ConfigError(f"dataset = '{config.dataset}' has no classes; classification needs an image dataset")
+
+    def build_model(self) -> nn.Module:
+        shape = INPUT_SHAPES[self.config.dataset]
+        if self.config.model == "cnn":
+            return SmallCNN(shape, self.config.hidden_size, NUM_CLASSES)
+        return MLP(shape, self.config.hidden_size, NUM_CLASSES)
+
+    def example_losses(self, model, x, y):
+        return F.cross_entropy(model(x), y, reduction="none")
+
+    @torch.no_grad()
+    def evaluate(self, model, x, y):
+        model.eval()
+        logits = model(x)
+        return {
+            "loss": float(F.cross_entropy(logits, y)),
+            "accuracy": float((logits.argmax(-1) == y).float().mean()),
+        }
+
+
+class ReconstructionTask(Task):
+    """Unsupervised: an autoencoder reconstructs the images; loss = mean squared error."""
+
+    models = ("autoencoder",)
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.dataset not in INPUT_SHAPES:
+            raise ConfigError(f"dataset = '{config.dataset}' is not an image dataset; reconstruction needs one")
+
+    def build_model(self) -> nn.Module:
+        return AutoEncoder(INPUT_SHAPES[self.config.dataset], self.config.hidden_size)
+
+    def example_losses(self, model, x, y):
+        return F.mse_loss(model(x), x, reduction="none").flatten(1).mean(1)
+
+
+class RegressionTask(Task):
+    """Mixed linear regression with squared loss ``(<theta, x> - y)^2``."""
+
+    models = ("linear",)
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.dataset != "mixed-linear":
+            raise ConfigError(f"task = 'regression' needs dataset = 'mixed-linear', not '{config.dataset}'")
+
+    def build_model(self) -> nn.Module:
+        return LinearRegressor(self.config.linear_dim)
+
+    def example_losses(self, model, x, y):
+        return (model(x) - y) ** 2
+

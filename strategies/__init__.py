@@ -1,0 +1,1 @@
+"""Server strategies: one module per strategy, each a Flower Message-API ``Strategy``."""
