@@ -113,7 +113,7 @@ class RunConfig:
     min_available_nodes: int = 2
     num_clusters: int = 4
     optimizer: str = "adam"
-    lr: float = 0.001
+    lr: float = 0.01
     batch_size: int = 32
     local_epochs: int = 1
     seed: int = 0

@@ -48,6 +48,17 @@ def load_source(name: str, data_dir: str = "") -> Dataset:
     return _cached(name, str(Path(data_dir).expanduser().resolve()) if data_dir else "")
 
 
+def check_available(name: str, data_dir: str = "") -> None:
+    """Raise :class:`DataSourceError` if a local source's folder or files are missing (reads nothing)."""
+    if name in ("mnist", "fashion-mnist"):
+        folder = _require_dir(data_dir, name)
+        for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                     "t10k-labels-idx1-ubyte"):
+            _find(folder, stem)
+    elif name == "cifar10":
+        _cifar10_files(_require_dir(data_dir, name))
+
+
 def as_numpy(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images, labels)`` of a source-like Dataset as numpy arrays."""
     table = ds.with_format("numpy")[:]
@@ -133,15 +144,19 @@ def _idx_folder(data_dir: str, what: str) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), np.concatenate(labels).astype(np.int64)
 
 
-def _cifar10(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    folder = _require_dir(data_dir, "cifar10")
+def _cifar10_files(folder: Path) -> list[Path]:
     if (folder / "cifar-10-batches-py").is_dir():
         folder = folder / "cifar-10-batches-py"
-    images, labels = [], []
-    for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        path = folder / stem
+    paths = [folder / stem for stem in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]]
+    for path in paths:
         if not path.is_file():
-            raise DataSourceError(f"'{stem}' not found in '{folder}' (the CIFAR-10 python version)")
+            raise DataSourceError(f"'{path.name}' not found in '{folder}' (the CIFAR-10 python version)")
+    return paths
+
+
+def _cifar10(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for path in _cifar10_files(_require_dir(data_dir, "cifar10")):
         with open(path, "rb") as fh:
             batch = pickle.load(fh, encoding="bytes")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))

@@ -1,0 +1,223 @@
+"""The ``fedsim`` command: what ``flwr`` does not do.
+
+``fedsim run``
+    Check the run configuration (defaults + preset + overrides) before anything
+    starts, then hand it to ``flwr run`` with this machine's simulation settings
+    and a Flower home, SuperLink port and results folder private to the app
+    folder. A wrong key or value, a malformed preset or a missing data folder
+    is reported in one line and nothing is started.
+``fedsim report RUN_DIR...``
+    Compare finished runs: a table (mean +- std over seeds) and a combined plot.
+``fedsim stop``
+    Stop the local SuperLink daemon that ``flwr run`` started for this app folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zlib
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import ConfigError, RunConfig
+
+
+class UsageError(Exception):
+    """A command-line problem; the message is one line."""
+
+
+def flower_env(app_dir: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for ``flwr`` commands on this app folder.
+
+    A Flower home and a local-SuperLink port derived from the folder's path (so
+    two checkouts never share a daemon), runtime dependency installation,
+    telemetry and update checks off, Hugging Face offline, results under the
+    app folder. Variables already set in ``base`` are kept.
+    """
+    env = dict(os.environ if base is None else base)
+    app_dir = app_dir.resolve()
+    defaults = {
+        "FLWR_HOME": str(app_dir / ".flwr"),
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(39100 + zlib.crc32(str(app_dir).encode()) % 800),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+        "RAY_DEDUP_LOGS": "0",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "FEDSIM_RESULTS_ROOT": str(app_dir),
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Parse ``"key=value key2='text'"`` as Flower does (TOML values); bare words are strings."""
+    pairs = re.findall(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", text)
+    leftover = re.sub(r"(\S+?)=('[^']*'|\"[^\"]*\"|\S+)", "", text).strip()
+    if leftover:
+        raise UsageError(f"cannot read '{leftover}' in the run config: use key=value pairs")
+    values: dict[str, Any] = {}
+    for key, raw in pairs:
+        try:
+            values[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            if not re.fullmatch(r"[\w.\-/]+", raw):
+                raise UsageError(f"cannot read the value of {key} ({raw}): quote text, e.g. {key}='{raw}'") from None
+            values[key] = raw
+    return values
+
+
+def read_preset(path: Path) -> dict[str, Any]:
+    """Read a TOML preset of run-config keys (flat, or nested tables flattened with '.')."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError(f"preset '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"preset '{path}' is not valid TOML: {err}") from None
+    return _flatten(data)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
+    """Return ``(overrides to send, validated config)`` from the app's defaults, presets and overrides."""
+    try:
+        with open(app_dir / "pyproject.toml", "rb") as fh:
+            defaults = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    except (FileNotFoundError, KeyError):
+        raise UsageError(f"'{app_dir}' is not a Flower app folder (no [tool.flwr.app.config] in pyproject.toml)") from None
+    chosen: dict[str, Any] = {}
+    for preset in presets:
+        chosen.update(read_preset(preset))
+    for text in overrides:
+        chosen.update(parse_overrides(text))
+    config = RunConfig.from_mapping({**_flatten(defaults), **chosen})
+    from fedsim.data.sources import check_available
+
+    check_available(config.dataset, config.data_dir)
+    return chosen, config
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``fedsim run``: validate, then ``flwr run``."""
+    app_dir = Path(args.app_dir).resolve()
+    chosen, config = resolve_run_config(app_dir, [Path(p) for p in args.preset], args.run_config)
+    print(f"fedsim: {config.strategy} / {config.client_role} / {config.task} on {config.dataset} "
+          f"({config.partitioning}), {config.num_server_rounds} rounds, {args.nodes} clients", flush=True)
+    if args.dry_run:
+        return 0
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:
+        for key, value in chosen.items():
+            fh.write(f"{_toml_key(key)} = {_toml_value(value)}\n")
+        run_config_file = fh.name
+    command = ["flwr", "run", str(app_dir)]
+    if args.federation:
+        command.append(args.federation)
+    command += ["--stream"]
+    if not args.federation:
+        command += ["--federation-config",
+                    f"num-supernodes={args.nodes} client-resources-num-cpus={args.cpus_per_client}"]
+    if chosen:
+        command += ["--run-config", run_config_file]
+    try:
+        return subprocess.call(command, env=flower_env(app_dir), cwd=app_dir)
+    finally:
+        os.unlink(run_config_file)
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_\-]+", key) else f'"{key}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``fedsim report``: table and plot of finished runs."""
+    from fedsim.report import write_report
+
+    text = write_report([Path(p) for p in args.run_dirs], Path(args.out) if args.out else None)
+    print(text)
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """``fedsim stop``: stop this app folder's local SuperLink."""
+    port = flower_env(Path(args.app_dir))["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    pids = sorted(set(re.findall(r"pid=(\d+)", out)))
+    for pid in pids:
+        os.kill(int(pid), 15)
+    print(f"stopped local SuperLink on port {port} (pid {', '.join(pids)})" if pids
+          else f"no local SuperLink on port {port}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``fedsim`` command."""
+    parser = argparse.ArgumentParser(prog="fedsim", description="fedsim: federated-learning simulation on Flower")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="validate the run config, then `flwr run` the app")
+    run.add_argument("app_dir", nargs="?", default=".", help="the Flower app folder (default: .)")
+    run.add_argument("-c", "--run-config", action="append", default=[],
+                     help="overrides, e.g. \"strategy='fedavg' lr=0.01\" (repeatable)")
+    run.add_argument("-p", "--preset", action="append", default=[], help="TOML preset under experiments/ (repeatable)")
+    run.add_argument("-n", "--nodes", type=int, default=10, help="simulated clients (default 10)")
+    run.add_argument("--cpus-per-client", type=int, default=1, help="CPUs reserved per simulated client (default 1)")
+    run.add_argument("--federation", default="", help="a SuperLink connection of the Flower configuration "
+                                                        "(deployment); default: local simulation")
+    run.add_argument("--dry-run", action="store_true", help="only validate and print the resolved configuration")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="compare finished runs: table and plot")
+    report.add_argument("run_dirs", nargs="+", help="run folders (results/<run>)")
+    report.add_argument("-o", "--out", default="", help="folder for report.md and comparison.png")
+    report.set_defaults(func=cmd_report)
+
+    stop = sub.add_parser("stop", help="stop the local SuperLink daemon of this app folder")
+    stop.add_argument("app_dir", nargs="?", default=".")
+    stop.set_defaults(func=cmd_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedsim`` command."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError, FileNotFoundError) as err:
+        print(f"fedsim: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
