@@ -42,11 +42,9 @@ def initial_arrays(strategy: Strategy, config: RunConfig) -> ArrayRecord:
     return ArrayRecord(task.init_model(config.seed).state_dict())
 
 
-def wait_for_nodes(grid: Grid, strategy: Strategy, config: RunConfig) -> int:
-    """Wait for the federation's nodes and return how many there are."""
-    if hasattr(strategy, "discover"):
-        return len(strategy.discover(grid))
-    deadline = time.monotonic() + 120
+def wait_for_nodes(grid: Grid, config: RunConfig, timeout: float = 120.0) -> int:
+    """Wait up to ``timeout`` seconds for ``min-available-nodes`` nodes; return how many joined."""
+    deadline = time.monotonic() + timeout
     while len(list(grid.get_node_ids())) < config.min_available_nodes and time.monotonic() < deadline:
         time.sleep(0.2)
     return len(list(grid.get_node_ids()))
@@ -80,12 +78,15 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
     start = time.monotonic()
     strategy = strategy or build_strategy(config)
     metered = MeteredGrid(grid)
-    num_nodes = wait_for_nodes(metered, strategy, config)
+    num_nodes = wait_for_nodes(metered, config)
     if num_nodes < config.min_available_nodes:
         raise ConfigError(
             f"min-available-nodes = {config.min_available_nodes} but only {num_nodes} nodes joined the federation"
         )
     config.check_population(num_nodes)
+    if hasattr(strategy, "discover") and not strategy.discover(metered):
+        reasons = {e["reason"] for e in getattr(strategy, "events", [])}
+        raise RuntimeError(f"no client could start: {'; '.join(sorted(reasons)) or 'no reply'}")
     arrays = initial_arrays(strategy, config)
     rounds: list[dict[str, Any]] = []
     for server_round in range(1, config.num_server_rounds + 1):

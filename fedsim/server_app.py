@@ -35,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir, config)
     try:
         result = run_rounds(grid, config, recorder)
-    except (ConfigError, DataSourceError) as err:
+    except (ConfigError, DataSourceError, RuntimeError) as err:
         log(ERROR, "[fedsim] %s", err)
         sys.exit(2)
     summary = result["summary"]
