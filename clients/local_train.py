@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import protocol
+from fedsim.clustering import is_stable
 from fedsim.config import RunConfig
 from fedsim.data.federation import ClientData, load_client_data
 from fedsim.registry import tasks
@@ -72,6 +73,35 @@ class LocalTrainRole:
                 count += len(idx)
         return total / max(count, 1)
 
+    def gradient(self, model: torch.nn.Module, data: ClientData) -> tuple[float, ArrayRecord]:
+        """Full-batch gradient of the mean training loss (CLoVE Option II, IFCA gradient averaging).
+
+        The reply's arrays hold the gradient under the parameter names; buffers
+        (if any) are sent as zeros so the record keeps the model's layout.
+        """
+        model.train()
+        model.zero_grad(set_to_none=True)
+        loss = self.task.example_losses(model, data.x_train, data.y_train).mean()
+        loss.backward()
+        grads = {name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                 for name, p in model.named_parameters()}
+        layout = {name: grads.get(name, torch.zeros_like(t)) for name, t in model.state_dict().items()}
+        return loss.item(), ArrayRecord(layout)
+
+    @staticmethod
+    def remember_assignment(context: Context, model_index: int) -> None:
+        """Append this round's model index to the node's assignment history (kept in its state)."""
+        history = list(context.state[protocol.ASSIGNMENTS]["history"]) if protocol.ASSIGNMENTS in context.state else []
+        history = (history + [model_index])[-protocol.HISTORY_LENGTH :]
+        context.state[protocol.ASSIGNMENTS] = MetricRecord({"history": history})
+
+    @staticmethod
+    def assignment_history(context: Context) -> list[int]:
+        """The node's past model indices, oldest first."""
+        if protocol.ASSIGNMENTS not in context.state:
+            return []
+        return [int(v) for v in context.state[protocol.ASSIGNMENTS]["history"]]
+
     # -- message handlers --------------------------------------------------------
     def describe(self, context: Context) -> dict[str, int]:
         """What the server may know of this node: true cluster (for ARI only) and data size."""
@@ -90,9 +120,14 @@ class LocalTrainRole:
         model = self.model_from(arrays)
         data = self.data(context)
         partition_id, _ = protocol.partition_of(context)
-        loss = self.fit(model, data, int(config[protocol.SERVER_ROUND]), partition_id)
+        if protocol.CLUSTER_ID in config:
+            self.remember_assignment(context, int(config[protocol.CLUSTER_ID]))
+        if config.get(protocol.UPDATE, "model") == "gradient":
+            loss, new_arrays = self.gradient(model, data)
+        else:
+            loss = self.fit(model, data, int(config[protocol.SERVER_ROUND]), partition_id)
+            new_arrays = ArrayRecord(model.state_dict())
         metrics = MetricRecord({protocol.TRAIN_LOSS: loss, protocol.NUM_EXAMPLES: data.num_train})
-        new_arrays = ArrayRecord(model.state_dict())
         if personal:
             context.state[protocol.PERSONAL_MODEL] = new_arrays
             return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
@@ -114,13 +149,20 @@ class LocalTrainRole:
 
     @torch.no_grad()
     def losses(self, msg: Message, context: Context) -> Message:
-        """Handle ``query.losses``: mean training loss of every model ``model-<j>`` in the message."""
+        """Handle ``query.losses``: mean training loss of every model ``model-<j>`` in the message.
+
+        With ``stability-window`` S in the message's config, the reply also says
+        whether this client's last S assignments were all the same (CLoVE's
+        client-side stability rule; the history never leaves the client).
+        """
         data = self.data(context)
-        models = protocol.unpack_models(msg.content)
-        values = []
-        for arrays in models:
-            model = self.model_from(arrays)
-            model.eval()
-            values.append(float(self.task.example_losses(model, data.x_train, data.y_train).mean()))
-        metrics = MetricRecord({protocol.LOSSES: values, protocol.NUM_EXAMPLES: data.num_train})
-        return Message(RecordDict({protocol.METRICS: metrics}), reply_to=msg)
+        if self._model is None:
+            self._model = self.task.build_model()
+        state_dicts = [arrays.to_torch_state_dict() for arrays in protocol.unpack_models(msg.content)]
+        values = self.task.mean_losses(self._model, state_dicts, data.x_train, data.y_train)
+        metrics = {protocol.LOSSES: values, protocol.NUM_EXAMPLES: data.num_train}
+        config = msg.content.config_records.get(protocol.CONFIG, {})
+        if protocol.STABILITY_WINDOW in config:
+            window = int(config[protocol.STABILITY_WINDOW])
+            metrics[protocol.STABLE] = int(is_stable(self.assignment_history(context), window))
+        return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

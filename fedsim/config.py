@@ -72,6 +72,28 @@ class RunConfig:
         Clients to wait for before round 1.
     num_clusters : int
         Number of models K (upper bound K-hat when K is unknown) of a clustered strategy.
+    estimate_k : bool
+        Clustered strategies: choose the number of clusters each round by
+        silhouette over 2..num-clusters (CLoVE's Algorithm 2).
+    embedding : str
+        CLoVE embedding: ``loss`` (raw losses) or ``sqrt-loss``.
+    clustering : str
+        CLoVE clustering: ``kmeans`` or ``agglomerative``.
+    stability_window : int
+        CLoVE: rounds of unchanged assignment after which a client is stable;
+        0 never stops clustering.
+    stable_fraction : float
+        CLoVE: share of participants that must be stable to stop clustering.
+    aggregation : str
+        Clustered strategies: ``model`` averaging (Option I) or ``gradient``
+        averaging (Option II, one server step of size ``server-lr``).
+    server_lr : float
+        Server step size of gradient averaging.
+    init : str
+        Clustered strategies: ``different`` (independent) or ``same`` initial models.
+    first_assignment : str
+        Clustered strategies: round 1 assigns by ``evaluate`` (the strategy's
+        rule on the initial models) or ``random``.
     optimizer : str
         Local optimiser, ``adam`` or ``sgd``.
     lr : float
@@ -91,7 +113,7 @@ class RunConfig:
         Name of the run folder; empty means ``<date>-<strategy>-<dataset>-s<seed>``.
     """
 
-    strategy: str = "fedavg"
+    strategy: str = "clove"
     client_role: str = "local-train"
     task: str = "classification"
     dataset: str = "digits"
@@ -112,6 +134,15 @@ class RunConfig:
     fraction_evaluate: float = 1.0
     min_available_nodes: int = 2
     num_clusters: int = 4
+    estimate_k: bool = False
+    embedding: str = "loss"
+    clustering: str = "kmeans"
+    stability_window: int = 3
+    stable_fraction: float = 1.0
+    aggregation: str = "model"
+    server_lr: float = 0.1
+    init: str = "different"
+    first_assignment: str = "evaluate"
     optimizer: str = "adam"
     lr: float = 0.01
     batch_size: int = 32
@@ -163,6 +194,15 @@ class RunConfig:
         _choice("partitioning", self.partitioning, PARTITIONINGS)
         _choice("model", self.model, MODELS)
         _choice("optimizer", self.optimizer, ("adam", "sgd"))
+        _choice("embedding", self.embedding, ("loss", "sqrt-loss"))
+        _choice("clustering", self.clustering, ("kmeans", "agglomerative"))
+        _choice("aggregation", self.aggregation, ("model", "gradient"))
+        _choice("init", self.init, ("different", "same"))
+        _choice("first-assignment", self.first_assignment, ("evaluate", "random"))
+        if self.estimate_k and self.num_clusters < 2:
+            raise ConfigError(
+                f"num-clusters = {self.num_clusters} with estimate-k = true: the upper bound K-hat must be at least 2"
+            )
         for key, ok, allowed in _RANGES:
             if not ok(getattr(self, key)):
                 raise ConfigError(f"{key.replace('_', '-')} = {getattr(self, key)!r} is not allowed: must be {allowed}")
@@ -219,6 +259,9 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("fraction_evaluate", lambda x: 0 <= x <= 1, "in [0, 1]"),
     ("min_available_nodes", lambda x: x >= 1, "at least 1"),
     ("num_clusters", lambda x: x >= 1, "at least 1"),
+    ("stability_window", lambda x: x >= 0, "non-negative (0 = never stop clustering)"),
+    ("stable_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
+    ("server_lr", _positive, "positive"),
     ("lr", _positive, "positive"),
     ("batch_size", _positive, "positive"),
     ("local_epochs", lambda x: x >= 1, "at least 1"),

@@ -19,6 +19,12 @@ MODEL_PREFIX = "model-"
 SERVER_ROUND = "server-round"
 PERSONAL = "personal"
 """True: train/evaluate the model kept in the node's state (Local-only)."""
+CLUSTER_ID = "cluster-id"
+"""Index of the model a clustered strategy assigned to the client this round."""
+UPDATE = "update"
+"""What a train reply carries: ``"model"`` (new weights, default) or ``"gradient"`` (full-batch gradient)."""
+STABILITY_WINDOW = "stability-window"
+"""Rounds of unchanged assignment after which a client reports itself stable (CLoVE)."""
 
 # MetricRecord keys returned by clients
 NUM_EXAMPLES = "num-examples"
@@ -27,12 +33,16 @@ LOSSES = "losses"
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
 TRUE_CLUSTER = "true-cluster"
+STABLE = "stable"
 
 # message types
 QUERY_LOSSES = "query.losses"
 
 # node state entries
 PERSONAL_MODEL = "personal-model"
+ASSIGNMENTS = "assignments"
+"""MetricRecord with the node's assignment ``history`` (its model index in each round it trained)."""
+HISTORY_LENGTH = 64
 
 
 def partition_of(context: Context) -> tuple[int, int]:

@@ -90,7 +90,9 @@ strategies = Registry(
     "strategy",
     "fedsim.strategies",
     {
+        "clove": "strategies.clove:build",
         "fedavg": "strategies.fedavg:build",
+        "ifca": "strategies.ifca:build",
         "local-only": "strategies.local_only:build",
     },
 )
