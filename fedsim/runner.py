@@ -24,6 +24,7 @@ from fedsim.config import ConfigError, RunConfig
 from fedsim.metering import MeteredGrid
 from fedsim.registry import strategies, tasks
 from fedsim.results import RunRecorder, progress_line
+from fedsim.seeding import model_seed
 
 
 def build_strategy(config: RunConfig) -> Strategy:
@@ -35,11 +36,11 @@ def build_strategy(config: RunConfig) -> Strategy:
 
 
 def initial_arrays(strategy: Strategy, config: RunConfig) -> ArrayRecord:
-    """The strategy's own initial arrays if it defines them, else one model seeded by ``seed``."""
+    """The strategy's own initial arrays if it defines them, else one model from :func:`model_seed`."""
     task = tasks.get(config.task)(config)
     if hasattr(strategy, "initial_arrays"):
         return strategy.initial_arrays(task)
-    return ArrayRecord(task.init_model(config.seed).state_dict())
+    return ArrayRecord(task.init_model(model_seed(config.seed)).state_dict())
 
 
 def wait_for_nodes(grid: Grid, config: RunConfig, timeout: float = 120.0) -> int:

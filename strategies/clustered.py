@@ -36,7 +36,7 @@ from flwr.supercore import log
 
 from fedsim import protocol
 from fedsim.clustering import ari
-from fedsim.seeding import derive_seed
+from fedsim.seeding import derive_seed, model_seed
 from strategies.base import PartitionAwareMixin
 
 
@@ -113,7 +113,7 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
     # -- set-up -------------------------------------------------------------------------
     def initial_arrays(self, task) -> ArrayRecord:
         """K initial models, independently seeded (init:d) or identical (init:s)."""
-        seeds = [derive_seed(self.seed, 1000 + j) for j in range(self.num_models)]
+        seeds = [model_seed(self.seed, j) for j in range(self.num_models)]
         if self.init == "same":
             seeds = [seeds[0]] * self.num_models
         return join_models([ArrayRecord(task.init_model(s).state_dict()) for s in seeds])
