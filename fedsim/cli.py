@@ -8,6 +8,8 @@
     is reported in one line and nothing is started.
 ``fedsim report RUN_DIR...``
     Compare finished runs: a table (mean +- std over seeds) and a combined plot.
+``fedsim suite SUITE.toml``
+    Run a benchmark suite (many seeds and strategies) and write its report.
 ``fedsim stop``
     Stop the local SuperLink daemon that ``flwr run`` started for this app folder.
 """
@@ -169,8 +171,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suite(args: argparse.Namespace) -> int:
+    """``fedsim suite``: run a benchmark suite and write its report."""
+    import datetime as dt
+
+    from fedsim.suite import load_suite, run_suite
+
+    suite_file = Path(args.suite_file)
+    if not suite_file.is_file():
+        raise UsageError(f"suite file '{suite_file}' does not exist")
+    suite = load_suite(suite_file)
+    if args.seeds:
+        suite.seeds = args.seeds
+    out = Path(args.out) if args.out else Path("results") / f"suite-{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    runs = sum(len(s.strategies) for s in suite.settings) * len(suite.seeds)
+    print(f"fedsim: suite '{suite.name}': {runs} runs with {args.workers} workers -> {out}", flush=True)
+    print(run_suite(suite, out, workers=args.workers, rounds=args.rounds))
+    return 0
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``fedsim stop``: stop this app folder's local SuperLink."""
+    """``fedsim suite SUITE.toml``
+    Run a benchmark suite (many seeds and strategies) and write its report.
+``fedsim stop``: stop this app folder's local SuperLink."""
     port = flower_env(Path(args.app_dir))["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
     pids = sorted(set(re.findall(r"pid=(\d+)", out)))
@@ -202,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dirs", nargs="+", help="run folders (results/<run>)")
     report.add_argument("-o", "--out", default="", help="folder for report.md and comparison.png")
     report.set_defaults(func=cmd_report)
+
+    suite = sub.add_parser("suite", help="run a benchmark suite (e.g. experiments/clove/suite.toml)")
+    suite.add_argument("suite_file")
+    suite.add_argument("-o", "--out", default="", help="output folder (default results/suite-<name>-<time>)")
+    suite.add_argument("-w", "--workers", type=int, default=2, help="worker processes (default 2)")
+    suite.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds")
+    suite.add_argument("--rounds", type=int, help="override every setting's number of rounds (quick look)")
+    suite.set_defaults(func=cmd_suite)
 
     stop = sub.add_parser("stop", help="stop the local SuperLink daemon of this app folder")
     stop.add_argument("app_dir", nargs="?", default=".")
