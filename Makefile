@@ -38,6 +38,7 @@ run: $(STAMP)
 	  $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
 
 test: $(STAMP)
+	ruff check .
 	python -m pytest -q
 
 stop:

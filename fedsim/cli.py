@@ -110,7 +110,7 @@ def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str])
         with open(app_dir / "pyproject.toml", "rb") as fh:
             defaults = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
     except (FileNotFoundError, KeyError):
-        raise UsageError(f"'{app_dir}' is not a Flower app folder (no [tool.flwr.app.config] in pyproject.toml)") from None
+        raise UsageError(f"'{app_dir}' is not a Flower app folder (no [tool.flwr.app.config])") from None
     chosen: dict[str, Any] = {}
     for preset in presets:
         chosen.update(read_preset(preset))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+
 import numpy as np
 
 from fedsim.plots import plot_comparison

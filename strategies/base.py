@@ -171,7 +171,8 @@ class PartitionAwareMixin:
             for name, arr in got.items():
                 ref = expect_arrays[name]
                 if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
-                    return f"array '{name}' has shape {tuple(arr.shape)} {arr.dtype}, expected {tuple(ref.shape)} {ref.dtype}"
+                    return (f"array '{name}' has shape {tuple(arr.shape)} {arr.dtype}, "
+                            f"expected {tuple(ref.shape)} {ref.dtype}")
             if not all(np.isfinite(a.numpy()).all() for a in got.values()):
                 return "update contains NaN or inf"
         return None

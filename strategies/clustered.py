@@ -108,6 +108,7 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
         """Model index of each node trained this round."""
         self.latest_model: dict[int, int] = {}
         """Latest model index of every node ever assigned (used for evaluation)."""
+        self._evaluated: dict[int, int] = {}
         self.round_metrics: dict[str, float] = {}
 
     # -- set-up -------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-
 from flwr.app import ConfigRecord
 
 from fedsim import protocol

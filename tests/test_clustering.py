@@ -8,8 +8,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from fedsim.clustering import (
     ari,
-    cluster,
     clove_assign,
+    cluster,
     embed,
     ifca_assign,
     is_stable,

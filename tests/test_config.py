@@ -33,7 +33,8 @@ def test_defaults_validate():
         ({"fraction-train": 0.0}, "fraction-train = 0.0 is not allowed"),
         ({"model": "autoencoder"}, "model = 'autoencoder' does not fit task = 'classification'"),
         ({"dataset": "mnist"}, "set data-dir"),
-        ({"dataset": "mixed-linear", "task": "regression", "model": "linear"}, "goes with partitioning = 'mixed-linear'"),
+        ({"dataset": "mixed-linear", "task": "regression", "model": "linear"},
+         "goes with partitioning = 'mixed-linear'"),
         ({"task": "regression", "model": "linear"}, "task = 'regression' needs dataset = 'mixed-linear'"),
     ],
 )

@@ -167,7 +167,8 @@ def _write_idx(path, array, gz=False):
 def test_idx_reader_and_local_mnist_folder(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 7), ("t10k", 3)):
-        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), gz=True)
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images, gz=True)
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
     imgs = read_idx(tmp_path / "train-images-idx3-ubyte.gz")
     assert imgs.shape == (7, 28, 28) and imgs.dtype == np.uint8

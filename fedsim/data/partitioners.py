@@ -21,9 +21,9 @@ from abc import abstractmethod
 from functools import cached_property
 
 import numpy as np
-from datasets import Dataset
 from flwr_datasets.partitioner import Partitioner
 
+from datasets import Dataset
 from fedsim.data.sources import as_numpy, to_dataset
 
 
@@ -133,7 +133,8 @@ class _WholePoolPerCluster(ClusteredPartitioner):
         pool = np.arange(len(labels))
         for c in range(self.num_clusters):
             members = self._members(c)
-            for pid, idx in zip(members, draw_without_replacement(pool, [self.samples_per_partition] * len(members), rng)):
+            draws = draw_without_replacement(pool, [self.samples_per_partition] * len(members), rng)
+            for pid, idx in zip(members, draws):
                 indices[pid] = idx
         return indices
 
@@ -243,7 +244,8 @@ class OneClassPartitioner(ClusteredPartitioner):
         indices: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * self.num_partitions
         for c in range(self.num_clusters):
             members = self._members(c)
-            draws = draw_without_replacement(np.flatnonzero(labels == c), [self.samples_per_partition] * len(members), rng)
+            pool = np.flatnonzero(labels == c)
+            draws = draw_without_replacement(pool, [self.samples_per_partition] * len(members), rng)
             for pid, idx in zip(members, draws):
                 indices[pid] = idx
         return indices

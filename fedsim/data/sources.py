@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
 from datasets import Array3D, ClassLabel, Dataset, Features
 
 

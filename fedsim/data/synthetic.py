@@ -14,6 +14,7 @@ from __future__ import annotations
 from functools import cached_property
 
 import numpy as np
+
 from datasets import Array2D, Dataset, Features, Value
 
 
