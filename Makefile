@@ -1,25 +1,18 @@
 # fedsim: `make run` runs the main job, `make test` runs the tests.
 # Both create .venv and install everything from the project's own files first.
+# The Flower environment (private FLWR_HOME and SuperLink port, runtime dependency
+# installation and telemetry off, offline Hugging Face) is set by `fedsim run`.
 
 SHELL := /bin/bash
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 NODES ?= 10
 RUN_CONFIG ?=
+PRESET ?=
 
-# Flower's CLI state, local SuperLink daemon and port are private to this checkout,
-# so two checkouts on one machine never share a daemon.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export FLWR_HOME := $(CURDIR)/.flwr
-export FLWR_LOCAL_SUPERLINK_HTTP_API_PORT := $(shell python3 -c "import zlib; print(39100 + zlib.crc32(b'$(CURDIR)') % 800)")
-export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
-export FLWR_TELEMETRY_ENABLED := 0
-export FLWR_DISABLE_UPDATE_CHECK := 1
-export RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO := 0
-export RAY_DEDUP_LOGS := 0
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
-export FEDSIM_RESULTS_ROOT := $(CURDIR)
 
 .PHONY: install run test stop clean
 
@@ -33,17 +26,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	flwr run . --stream \
-	  --federation-config "num-supernodes=$(NODES) client-resources-num-cpus=1" \
-	  $(if $(RUN_CONFIG),--run-config "$(RUN_CONFIG)")
+	fedsim run -n $(NODES) $(if $(PRESET),-p $(PRESET)) $(if $(RUN_CONFIG),-c "$(RUN_CONFIG)")
 
 test: $(STAMP)
 	ruff check .
 	python -m pytest -q
 
 stop:
-	@pids=$$(ss -ltnpH "sport = :$(FLWR_LOCAL_SUPERLINK_HTTP_API_PORT)" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); \
-	if [ -n "$$pids" ]; then kill $$pids && echo "stopped local SuperLink ($$pids)"; else echo "no local SuperLink running"; fi
+	-fedsim stop
 
 clean: stop
 	rm -rf $(VENV) .flwr .pytest_cache
