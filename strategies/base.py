@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import DEBUG, WARNING
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
@@ -60,13 +60,15 @@ class PartitionAwareMixin:
     def discover(self, grid: Grid) -> dict[int, int]:
         """Map every live node id to its partition id (asking only new nodes).
 
-        Waits up to ``node_wait_timeout`` seconds for ``min_available_nodes`` nodes.
+        The first call waits up to ``node_wait_timeout`` seconds for
+        ``min_available_nodes`` nodes; later calls take the nodes that are there.
         """
-        deadline = time.monotonic() + self.node_wait_timeout
         live = set(grid.get_node_ids())
-        while len(live) < self.min_available_nodes and time.monotonic() < deadline:
-            time.sleep(0.2)
-            live = set(grid.get_node_ids())
+        if not self.partition_of:  # only the first time: nodes may still be registering
+            deadline = time.monotonic() + self.node_wait_timeout
+            while len(live) < self.min_available_nodes and time.monotonic() < deadline:
+                time.sleep(0.2)
+                live = set(grid.get_node_ids())
         new = sorted(live - set(self.partition_of))
         if new:
             content = RecordDict()
@@ -95,7 +97,7 @@ class PartitionAwareMixin:
         size = min(len(partitions), max(int(len(partitions) * fraction), min_nodes))
         rng = random.Random(derive_seed(self.seed, server_round, _PURPOSE[purpose]))
         chosen = sorted(rng.sample(partitions, size)) if size < len(partitions) else partitions
-        log(INFO, "%s round %s: sampled %s of %s nodes", purpose, server_round, len(chosen), len(partitions))
+        log(DEBUG, "%s round %s: sampled %s of %s nodes", purpose, server_round, len(chosen), len(partitions))
         return [by_partition[p] for p in chosen]
 
     def sort_by_partition(self, replies: Iterable[Message]) -> list[Message]:

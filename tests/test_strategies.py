@@ -100,3 +100,28 @@ def test_sampling_is_deterministic_and_independent_of_node_ids():
     other = FedAvg(seed=7, min_available_nodes=10)
     grid = LoopbackGrid(client_app, 10, config.to_dict(), node_seed=1)
     assert [other.partition_of[n] for n in other.sample_nodes(grid, 4, 0.3, 1)] != picks[0]
+
+
+def test_a_node_that_leaves_is_not_waited_for():
+    import time
+
+    config = RunConfig.from_mapping({})
+    grid = LoopbackGrid(client_app, 6, config.to_dict())
+    strategy = FedAvg(seed=0, min_available_nodes=6)
+    assert len(strategy.sample_nodes(grid, 1, 1.0, 1)) == 6
+    gone = next(iter(grid.contexts))
+    grid.down.add(gone)
+    start = time.monotonic()
+    nodes = strategy.sample_nodes(grid, 2, 1.0, 1)
+    assert time.monotonic() - start < 1.0 and gone not in nodes and len(nodes) == 5
+
+
+def test_no_client_able_to_start_stops_the_run_with_the_reason(loopback, monkeypatch):
+    from clients.local_train import LocalTrainRole
+
+    def broken(self, context):
+        raise FileNotFoundError("data-dir '/data/x' does not exist")
+
+    monkeypatch.setattr(LocalTrainRole, "describe", broken)
+    with pytest.raises(RuntimeError, match="no client could start: .*data-dir '/data/x' does not exist"):
+        loopback(num_nodes=3, data_clusters=3, num_clusters=3)
