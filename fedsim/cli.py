@@ -129,6 +129,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     chosen, config = resolve_run_config(app_dir, [Path(p) for p in args.preset], args.run_config)
     print(f"fedsim: {config.strategy} / {config.client_role} / {config.task} on {config.dataset} "
           f"({config.partitioning}), {config.num_server_rounds} rounds, {args.nodes} clients", flush=True)
+    for warning in config.warnings():
+        print(f"fedsim: warning: {warning}", file=sys.stderr, flush=True)
     if args.dry_run:
         return 0
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as fh:

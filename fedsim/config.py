@@ -214,6 +214,16 @@ class RunConfig:
             raise ConfigError("dataset = 'mixed-linear' goes with partitioning = 'mixed-linear' and only with it")
         registry.tasks.get(self.task).check_config(self)
 
+    def warnings(self) -> list[str]:
+        """Legal but probably unintended combinations, one line each."""
+        out = []
+        single_model = self.strategy in ("fedavg", "local-only")
+        if (self.partitioning in CLUSTERED_PARTITIONINGS and not single_model and not self.estimate_k
+                and self.num_clusters != self.data_clusters):
+            out.append(f"num-clusters = {self.num_clusters} models for data with data-clusters = "
+                       f"{self.data_clusters} true clusters")
+        return out
+
     def check_population(self, num_clients: int) -> None:
         """Check the keys that depend on how many clients there are.
 

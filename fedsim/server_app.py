@@ -7,7 +7,7 @@ before round 1 with one line naming the key (and a non-zero exit).
 from __future__ import annotations
 
 import sys
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -29,6 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     except ConfigError as err:
         log(ERROR, "[fedsim] invalid run config: %s", err)
         sys.exit(2)
+    for warning in config.warnings():
+        log(WARNING, "[fedsim] %s", warning)
     run_dir = new_run_dir(config)
     log(INFO, "[fedsim] %s with %s on %s/%s, %s rounds; results in %s", config.strategy, config.client_role,
         config.dataset, config.partitioning, config.num_server_rounds, run_dir)

@@ -80,3 +80,11 @@ def test_every_shipped_preset_validates():
     assert presets, "experiments/ ships presets"
     for preset in presets:
         resolve_run_config(ROOT, [preset], [])
+
+
+def test_warning_when_models_and_true_clusters_differ():
+    assert RunConfig.from_mapping({"data-clusters": 5}).warnings() == [
+        "num-clusters = 4 models for data with data-clusters = 5 true clusters"]
+    assert RunConfig.from_mapping({"data-clusters": 5, "strategy": "fedavg"}).warnings() == []
+    assert RunConfig.from_mapping({"data-clusters": 5, "estimate-k": True}).warnings() == []
+    assert RunConfig().warnings() == []
