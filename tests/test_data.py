@@ -89,10 +89,31 @@ def test_label_skew_partitioner(digits):
     part = LabelSkewPartitioner(num_partitions=10, num_clusters=5, samples_per_partition=40, seed=0,
                                 classes_per_cluster=2, alpha=0.5)
     part.dataset = digits
+    source_x, _ = as_numpy(digits)
+    rows_of_cluster = {c: set() for c in range(5)}
     for pid in range(10):
-        _, y = as_numpy(part.load_partition(pid))
+        x, y = as_numpy(part.load_partition(pid))
+        c = part.cluster_of(pid)
         assert len(y) == 40
-        assert set(y) <= set(part.classes_of(part.cluster_of(pid))) == {2 * (pid % 5), 2 * (pid % 5) + 1}
+        assert set(y) <= set(part.classes_of(c)) == {2 * c, 2 * c + 1}
+        rows_of_cluster[c].update(_find_rows(source_x, x))
+    for a in range(5):  # no overlap of classes: no image is shared by two clusters
+        for b in range(a + 1, 5):
+            assert not rows_of_cluster[a] & rows_of_cluster[b]
+
+
+def test_label_skew_splits_shared_classes_by_dirichlet(digits):
+    # 4 clusters x 3 classes over 10 classes: classes 0 and 1 are owned by clusters 0 and 3
+    part = LabelSkewPartitioner(num_partitions=4, num_clusters=4, samples_per_partition=10, seed=3,
+                                classes_per_cluster=3, alpha=0.5)
+    part.dataset = digits
+    _, labels = as_numpy(digits)
+    pools = part.cluster_pools(labels, np.random.default_rng(3))
+    for k in (0, 1):
+        owned = [np.sum(labels[p] == k) for p in pools]
+        assert owned[1] == owned[2] == 0 and owned[0] + owned[3] == np.sum(labels == k)
+    for k in (3, 4, 5):  # owned by cluster 1 only
+        assert np.sum(labels[pools[1]] == k) == np.sum(labels == k)
 
 
 def test_one_class_partitioner(digits):

@@ -199,13 +199,15 @@ class LabelSwapPartitioner(_WholePoolPerCluster):
 
 
 class LabelSkewPartitioner(ClusteredPartitioner):
-    """Label skew ("label skew 1" of CLoVE): each cluster owns its own classes.
+    """Label skew (CLoVE's "label skew 1"): each cluster owns its own classes.
 
-    Cluster ``c`` owns classes ``c*m .. c*m+m-1`` (modulo the number of classes),
-    ``m = classes_per_cluster``. A client draws its class proportions from
-    ``Dirichlet(alpha)`` over its cluster's classes and then exactly
-    ``samples_per_partition`` examples, disjoint within the cluster while a
-    class's pool lasts.
+    Cluster ``c`` owns classes ``c*m .. c*m+m-1`` (modulo the number of
+    classes), ``m = classes_per_cluster``. As in the CLoVE paper (Sec. 5.1),
+    the examples of a class are split among the clusters that own it with
+    proportions drawn from ``Dirichlet(alpha)`` (a class owned by one cluster
+    goes to it whole), and a cluster's examples are then dealt out at random to
+    its clients, ``samples_per_partition`` each, disjoint while the cluster's
+    pool lasts (digest, gap 17).
     """
 
     def __init__(self, num_partitions, num_clusters, samples_per_partition, seed=0,
@@ -219,19 +221,27 @@ class LabelSkewPartitioner(ClusteredPartitioner):
         m = self.classes_per_cluster
         return [(cluster * m + j) % self._num_classes for j in range(m)]
 
+    def cluster_pools(self, labels: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Row indices given to each cluster: every class split among its owners by Dirichlet(alpha)."""
+        pools: list[list[np.ndarray]] = [[] for _ in range(self.num_clusters)]
+        for k in range(self._num_classes):
+            owners = [c for c in range(self.num_clusters) if k in self.classes_of(c)]
+            if not owners:
+                continue
+            rows = rng.permutation(np.flatnonzero(labels == k))
+            shares = rng.dirichlet([self.alpha] * len(owners)) if len(owners) > 1 else np.ones(1)
+            cuts = np.round(np.cumsum(shares)[:-1] * len(rows)).astype(int)
+            for owner, part in zip(owners, np.split(rows, cuts)):
+                pools[owner].append(part)
+        return [np.concatenate(p) for p in pools]
+
     def _partition_indices(self, labels, rng):
         indices: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * self.num_partitions
-        for c in range(self.num_clusters):
-            classes = self.classes_of(c)
+        for c, pool in enumerate(self.cluster_pools(labels, rng)):
             members = self._members(c)
-            props = rng.dirichlet([self.alpha] * len(classes), size=len(members))
-            counts = np.array([rng.multinomial(self.samples_per_partition, p) for p in props])
-            per_class = [
-                draw_without_replacement(np.flatnonzero(labels == k), list(counts[:, j]), rng)
-                for j, k in enumerate(classes)
-            ]
-            for i, pid in enumerate(members):
-                indices[pid] = np.concatenate([per_class[j][i] for j in range(len(classes))])
+            draws = draw_without_replacement(pool, [self.samples_per_partition] * len(members), rng)
+            for pid, idx in zip(members, draws):
+                indices[pid] = idx
         return indices
 
 
