@@ -47,8 +47,7 @@ class FedAvg(PartitionAwareMixin, FlowerFedAvg):
         nodes = self.sample_nodes(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
         config[protocol.SERVER_ROUND] = server_round
         self._sent = arrays
-        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        return self.build_messages(nodes, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -67,8 +66,13 @@ class FedAvg(PartitionAwareMixin, FlowerFedAvg):
             return []
         nodes = self.sample_nodes(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, "evaluate")
         config[protocol.SERVER_ROUND] = server_round
+        return self.build_messages(nodes, arrays, config, MessageType.EVALUATE)
+
+    def build_messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord,
+                       message_type: str) -> list[Message]:
+        """One message per node, all sharing one RecordDict with the model and the config."""
         record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
-        return self._construct_messages(record, nodes, MessageType.EVALUATE)
+        return list(self._construct_messages(record, nodes, message_type))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Weighted average of the valid evaluation metrics."""

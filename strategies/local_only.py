@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedsim import protocol
 from fedsim.config import RunConfig
@@ -26,21 +25,14 @@ class LocalOnly(FedAvg):
         super().__init__(**kwargs)
         self._has_model: set[int] = set()
 
-    def _messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord,
-                  message_type: str) -> list[Message]:
+    def build_messages(self, nodes: list[int], arrays: ArrayRecord, config: ConfigRecord,
+                       message_type: str) -> list[Message]:
+        """Ask for the personal model; only a client that has none yet also gets the initial model."""
         config[protocol.PERSONAL] = True
         bare = RecordDict({self.configrecord_key: config})
         full = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return [Message(bare if n in self._has_model else full, dst_node_id=n, message_type=message_type)
                 for n in nodes]
-
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Ask the sampled clients to train their personal models."""
-        nodes = self.sample_nodes(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
-        config[protocol.SERVER_ROUND] = server_round
-        self._arrays = arrays
-        return self._messages(nodes, arrays, config, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -49,16 +41,7 @@ class LocalOnly(FedAvg):
         self._has_model.update(m.metadata.src_node_id for m in valid)
         if not valid:
             return None, None
-        return self._arrays, self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Ask the sampled clients to score their personal models."""
-        if self.fraction_evaluate == 0.0:
-            return []
-        nodes = self.sample_nodes(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, "evaluate")
-        config[protocol.SERVER_ROUND] = server_round
-        return self._messages(nodes, arrays, config, MessageType.EVALUATE)
+        return self._sent, self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
 
 
 def build(config: RunConfig) -> LocalOnly:
