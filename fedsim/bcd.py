@@ -122,10 +122,15 @@ def block2(a: np.ndarray, losses: np.ndarray, d: np.ndarray, lam: float, beta: f
     "theory": the exact prox of ``beta eta ||.||_* + simplex`` at Z.
     """
     z = a - eta * assignment_gradient(a, losses, d, lam)
+    return z, assignment_step(z, beta, eta, mode)
+
+
+def assignment_step(z: np.ndarray, beta: float, eta: float, mode: str = "paper") -> np.ndarray:
+    """The server's part of Block 2 on the stacked row updates Z (see :func:`block2`)."""
     if mode == "paper":
-        return z, project_rows_to_simplex(svt(z, beta * eta))
+        return project_rows_to_simplex(svt(z, beta * eta))
     if mode == "theory":
-        return z, prox_nuclear_simplex(z, beta * eta)
+        return prox_nuclear_simplex(z, beta * eta)
     raise ValueError(f"mode must be 'paper' or 'theory', not '{mode}'")
 
 

@@ -60,6 +60,10 @@ class RunConfig:
         Minimum distance Delta between the unit-norm optima of ``mixed-linear`` clusters, in (0, 2).
     noise_std : float
         Label-noise standard deviation of ``mixed-linear`` data.
+    qos_days, qos_samples_per_window, qos_noise_scale, qos_drift
+        ``vehicular-qos`` generator: days simulated, samples per cell and
+        15-minute window, a factor on its unpredictable noise, and the drift
+        event (cells 5 and 11 degrade from day 3, 08:00).
     model : str
         ``mlp``, ``cnn``, ``autoencoder`` or ``linear``.
     hidden_size : int
@@ -94,6 +98,18 @@ class RunConfig:
     first_assignment : str
         Clustered strategies: round 1 assigns by ``evaluate`` (the strategy's
         rule on the initial models) or ``random``.
+    bcd_mode : str
+        BCD QoS: ``paper`` (hard clusters, uniform per-cluster averaging, SVT then
+        simplex projection) or ``theory`` (assignment-weighted exact gradient
+        step, exact proximal step; the objective cannot increase).
+    bcd_pretrain_rounds : int
+        BCD QoS: FedAvg rounds of the global model before the base is frozen.
+    bcd_lambda, bcd_beta : float
+        BCD QoS: weights of the kernel-consistency term and the nuclear norm.
+    bcd_eta : float
+        BCD QoS: assignment step size eta_A = 1 / L_A (the SVT threshold is beta * eta).
+    bcd_initial_clusters : int
+        BCD QoS: clusters of the random one-hot A0 (over ``num-clusters`` columns).
     optimizer : str
         Local optimiser, ``adam`` or ``sgd``.
     lr : float
@@ -127,6 +143,10 @@ class RunConfig:
     linear_dim: int = 20
     linear_separation: float = 1.0
     noise_std: float = 0.001
+    qos_days: int = 3
+    qos_samples_per_window: int = 40
+    qos_noise_scale: float = 1.0
+    qos_drift: bool = False
     model: str = "mlp"
     hidden_size: int = 64
     num_server_rounds: int = 20
@@ -143,6 +163,12 @@ class RunConfig:
     server_lr: float = 0.1
     init: str = "different"
     first_assignment: str = "evaluate"
+    bcd_mode: str = "paper"
+    bcd_pretrain_rounds: int = 10
+    bcd_lambda: float = 0.01
+    bcd_beta: float = 0.01
+    bcd_eta: float = 20.0
+    bcd_initial_clusters: int = 6
     optimizer: str = "adam"
     lr: float = 0.01
     batch_size: int = 32
@@ -199,6 +225,7 @@ class RunConfig:
         _choice("aggregation", self.aggregation, ("model", "gradient"))
         _choice("init", self.init, ("different", "same"))
         _choice("first-assignment", self.first_assignment, ("evaluate", "random"))
+        _choice("bcd-mode", self.bcd_mode, ("paper", "theory"))
         if self.estimate_k and self.num_clusters < 2:
             raise ConfigError(
                 f"num-clusters = {self.num_clusters} with estimate-k = true: the upper bound K-hat must be at least 2"
@@ -210,6 +237,8 @@ class RunConfig:
             raise ConfigError(
                 f"dataset = '{self.dataset}' is read from a local folder: set data-dir to the folder holding its files"
             )
+        if (self.dataset in ("vehicular-qos", "qos-csv")) != (self.partitioning == "cells"):
+            raise ConfigError("partitioning = 'cells' goes with dataset = 'vehicular-qos' or 'qos-csv' only")
         if (self.dataset == "mixed-linear") != (self.partitioning == "mixed-linear"):
             raise ConfigError("dataset = 'mixed-linear' goes with partitioning = 'mixed-linear' and only with it")
         registry.tasks.get(self.task).check_config(self)
@@ -219,7 +248,7 @@ class RunConfig:
         out = []
         single_model = self.strategy in ("fedavg", "local-only")
         if (self.partitioning in CLUSTERED_PARTITIONINGS and not single_model and not self.estimate_k
-                and self.num_clusters != self.data_clusters):
+                and self.partitioning != "cells" and self.num_clusters != self.data_clusters):
             out.append(f"num-clusters = {self.num_clusters} models for data with data-clusters = "
                        f"{self.data_clusters} true clusters")
         return out
@@ -243,11 +272,11 @@ class RunConfig:
 
 
 OFFLINE_DATASETS = ("digits", "mnist-5k")
-LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10")
-DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear",)
-CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear")
+LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10", "qos-csv")
+DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos")
+CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear", "cells")
 PARTITIONINGS = ("iid", "dirichlet", "pathological") + CLUSTERED_PARTITIONINGS
-MODELS = ("mlp", "cnn", "autoencoder", "linear")
+MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp")
 
 
 def _positive(x: float) -> bool:
@@ -269,6 +298,14 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("fraction_evaluate", lambda x: 0 <= x <= 1, "in [0, 1]"),
     ("min_available_nodes", lambda x: x >= 1, "at least 1"),
     ("num_clusters", lambda x: x >= 1, "at least 1"),
+    ("qos_days", lambda x: x >= 2, "at least 2 (the one-hour-ahead targets need a history)"),
+    ("qos_samples_per_window", lambda x: x >= 3, "at least 3 (a window's Gaussian needs them)"),
+    ("qos_noise_scale", lambda x: x >= 0, "non-negative"),
+    ("bcd_pretrain_rounds", lambda x: x >= 1, "at least 1"),
+    ("bcd_lambda", lambda x: x >= 0, "non-negative"),
+    ("bcd_beta", lambda x: x >= 0, "non-negative"),
+    ("bcd_eta", _positive, "positive"),
+    ("bcd_initial_clusters", lambda x: x >= 1, "at least 1"),
     ("stability_window", lambda x: x >= 0, "non-negative (0 = never stop clustering)"),
     ("stable_fraction", lambda x: 0 < x <= 1, "in (0, 1]"),
     ("server_lr", _positive, "positive"),

@@ -84,3 +84,44 @@ class LinearRegressor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x).squeeze(-1)
+
+
+class QosMLP(nn.Module):
+    """The QoS-distribution predictor of paper 000: ``p -> 256 -> 256 -> 128 -> m``.
+
+    ReLU and 20 % dropout after each hidden layer; a linear output layer (``head``)
+    giving the standardised ``[mu, log-diagonal Cholesky]`` of the Gaussian one
+    hour ahead. ``base`` (the first three layers) is what BCD freezes and shares;
+    ``head`` is the per-cluster last layer. Input and target standardisation are
+    buffers, so they travel with the weights and are identical for every cell.
+    """
+
+    def __init__(self, num_inputs: int = 27, num_outputs: int = 9, hidden: tuple[int, int, int] = (256, 256, 128),
+                 dropout: float = 0.2) -> None:
+        super().__init__()
+        layers, width = [], num_inputs
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.base = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_outputs)
+        self.register_buffer("x_mean", torch.zeros(num_inputs))
+        self.register_buffer("x_std", torch.ones(num_inputs))
+        self.register_buffer("y_mean", torch.zeros(num_outputs))
+        self.register_buffer("y_std", torch.ones(num_outputs))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features phi(x) of raw inputs."""
+        return self.base((x - self.x_mean) / self.x_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised prediction of raw inputs."""
+        return self.head(self.features(x))
+
+    def standardise_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """Targets in the units of the output."""
+        return (y - self.y_mean) / self.y_std
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Prediction in the modelling domain (``[mu, log-diagonal Cholesky]``)."""
+        return self.forward(x) * self.y_std + self.y_mean

@@ -94,12 +94,13 @@ strategies = Registry(
         "fedavg": "strategies.fedavg:build",
         "ifca": "strategies.ifca:build",
         "local-only": "strategies.local_only:build",
+        "bcd-qos": "strategies.bcd_qos:build",
     },
 )
 client_roles = Registry(
     "client role",
     "fedsim.clients",
-    {"local-train": "clients.local_train:LocalTrainRole"},
+    {"local-train": "clients.local_train:LocalTrainRole", "qos-cell": "clients.qos_cell:QosCellRole"},
 )
 tasks = Registry(
     "task",
@@ -108,5 +109,6 @@ tasks = Registry(
         "classification": "fedsim.tasks:ClassificationTask",
         "reconstruction": "fedsim.tasks:ReconstructionTask",
         "regression": "fedsim.tasks:RegressionTask",
+        "qos": "fedsim.tasks:QosTask",
     },
 )

@@ -122,7 +122,8 @@ def read_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def progress_line(record: dict[str, Any], num_rounds: int) -> str:
     """One human-readable line for a round record."""
     parts = [f"round {record['round']}/{num_rounds}"]
-    for key in ("eval-accuracy", "eval-loss", "train-loss", "ari", "clusters-in-use"):
+    for key in ("eval-accuracy", "eval-loss", "train-loss", "nll-total", "ari", "clusters-in-use", "num-clusters",
+                "objective"):
         if key in record:
             value = record[key]
             parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")

@@ -37,7 +37,10 @@ def build_strategy(config: RunConfig) -> Strategy:
 
 def initial_arrays(strategy: Strategy, config: RunConfig) -> ArrayRecord:
     """The strategy's own initial arrays if it defines them, else one model from :func:`model_seed`."""
-    task = tasks.get(config.task)(config)
+    infos = getattr(strategy, "node_info", {})
+    partition_of = getattr(strategy, "partition_of", {})
+    ordered = [infos[n] for n in sorted(infos, key=lambda n: partition_of.get(n, 0))]
+    task = tasks.get(config.task)(config, client_infos=ordered)
     if hasattr(strategy, "initial_arrays"):
         return strategy.initial_arrays(task)
     return ArrayRecord(task.init_model(model_seed(config.seed)).state_dict())

@@ -8,12 +8,13 @@ data in one pass) and computes evaluation metrics. A plug-in task subclasses
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedsim.config import ConfigError, RunConfig
-from fedsim.models import MLP, AutoEncoder, LinearRegressor, SmallCNN
+from fedsim.models import MLP, AutoEncoder, LinearRegressor, QosMLP, SmallCNN
 
 INPUT_SHAPES = {
     "digits": (1, 8, 8),
@@ -40,8 +41,10 @@ class Task:
     """The headline evaluation metric (reported as ``eval-<metric>``)."""
     higher_is_better: bool = False
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, client_infos: list[dict] | None = None) -> None:
         self.config = config
+        self.client_infos = client_infos or []
+        """What the clients said of themselves before round 1 (used by :meth:`calibrate`)."""
 
     @classmethod
     def check_config(cls, config: RunConfig) -> None:
@@ -56,10 +59,17 @@ class Task:
         raise NotImplementedError
 
     def init_model(self, seed: int) -> nn.Module:
-        """Return a new model whose initial weights depend only on ``seed``."""
+        """Return a new model whose initial weights depend only on ``seed`` (calibrated if clients told how)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.build_model()
+            model = self.build_model()
+        if self.client_infos:
+            with torch.no_grad():
+                self.calibrate(model, self.client_infos)
+        return model
+
+    def calibrate(self, model: nn.Module, infos: list[dict]) -> None:
+        """Adjust a new model to the federation (e.g. standardisation buffers); nothing by default."""
 
     def example_losses(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example training loss, shape ``(len(x),)``."""
@@ -157,3 +167,37 @@ class RegressionTask(Task):
     def example_losses(self, model, x, y):
         return (model(x) - y) ** 2
 
+
+
+class QosTask(Task):
+    """One-hour-ahead QoS-distribution regression of a cell (paper 000): MSE on standardised targets.
+
+    Inputs and targets are standardised with the federation's pooled training
+    moments, which the cells report in their self-description and
+    :meth:`calibrate` writes into the model's buffers before round 1.
+    """
+
+    models = ("qos-mlp",)
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.partitioning != "cells" or config.client_role != "qos-cell":
+            raise ConfigError("task = 'qos' needs partitioning = 'cells' and client-role = 'qos-cell'")
+
+    def build_model(self) -> nn.Module:
+        return QosMLP()
+
+    def calibrate(self, model: nn.Module, infos: list[dict]) -> None:
+        """Set the standardisation buffers from the cells' moments (count, sums, sums of squares)."""
+        count = sum(float(i["qos-count"]) for i in infos)
+        for name in ("x", "y"):
+            total = sum(np.asarray(i[f"qos-{name}-sum"]) for i in infos)
+            total_sq = sum(np.asarray(i[f"qos-{name}-sumsq"]) for i in infos)
+            mean = total / count
+            std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
+            getattr(model, f"{name}_mean").copy_(torch.as_tensor(mean, dtype=torch.float32))
+            getattr(model, f"{name}_std").copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def example_losses(self, model, x, y):
+        return ((model(x) - model.standardise_targets(y)) ** 2).mean(1)

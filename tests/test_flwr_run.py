@@ -57,6 +57,21 @@ def test_flwr_run_matches_the_loopback_run_bitwise(flower, tmp_path, loopback):
 
 
 @pytest.mark.slow
+def test_flwr_run_of_bcd_qos(flower, tmp_path):
+    overrides = ("strategy='bcd-qos' client-role='qos-cell' task='qos' dataset='vehicular-qos' "
+                 "partitioning='cells' model='qos-mlp' num-clusters=12 qos-days=2 qos-samples-per-window=6 "
+                 "bcd-pretrain-rounds=1 num-server-rounds=3")
+    proc = subprocess.run(
+        [*FEDSIM, "run", str(ROOT), "-n", "12", "-c", overrides, "-c", f"results-dir='{tmp_path}' run-name='bcd'"],
+        env=flower, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rounds = [json.loads(line) for line in (tmp_path / "bcd" / "rounds.jsonl").read_text().splitlines()]
+    assert [("objective" in r) for r in rounds] == [False, True, True]
+    assert sum(rounds[-1]["cluster-sizes"]) == 12
+
+
+@pytest.mark.slow
 def test_bad_config_reaching_the_server_app_stops_with_one_line(flower):
     """Bypassing `fedsim run`'s check, the ServerApp itself refuses the value before round 1."""
     proc = subprocess.run(

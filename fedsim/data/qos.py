@@ -20,6 +20,7 @@ same schema. :func:`windowed` turns a table into model inputs and targets:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -320,3 +321,42 @@ def fit_gaussian(q: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.nda
     """Mean and covariance of the finite rows of q (the cell summary N_i sent to the server)."""
     q = q[np.all(np.isfinite(q), axis=1)]
     return q.mean(0), np.cov(q, rowvar=False) + ridge * np.eye(q.shape[1])
+
+
+@dataclass(frozen=True)
+class Federation:
+    """Every cell of a QoS run: model-ready data, latent regime (-1 if unknown), training-period Gaussian."""
+
+    cells: list[CellData]
+    regimes: np.ndarray
+    means: np.ndarray
+    covs: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def load_federation(num_cells: int, days: int, samples_per_window: int, seed: int, drift: bool,
+                    noise_scale: float, csv_dir: str = "") -> Federation:
+    """The cells of a run, generated (``csv_dir`` empty) or read from per-cell CSVs (cached per process).
+
+    Raises
+    ------
+    ValueError
+        If the CSV folder holds a different number of cells than the run has clients.
+    """
+    if csv_dir:
+        tables = read_csv_cells(Path(csv_dir))
+        if len(tables) != num_cells:
+            raise ValueError(f"'{csv_dir}' holds {len(tables)} cells but the run has {num_cells} clients")
+        regimes = np.full(num_cells, -1)
+    else:
+        tables, regimes = generate_cells(num_cells, days, samples_per_window, seed, drift=drift,
+                                         noise_scale=noise_scale)
+    cells = [windowed(t) for t in tables]
+    gaussians = []
+    for table, cell in zip(tables, cells):
+        q = modelling_q(table)
+        window = np.floor(table["Time"] / WINDOW_S).astype(int)
+        first_test_window = (cell.target_window - HORIZON_WINDOWS)[cell.split != "train"].min()
+        gaussians.append(fit_gaussian(q[window - window.min() < first_test_window]))
+    return Federation(cells=cells, regimes=np.asarray(regimes), means=np.stack([g[0] for g in gaussians]),
+                      covs=np.stack([g[1] for g in gaussians]))
