@@ -6,6 +6,7 @@ Layout of a run folder::
     rounds.jsonl    one JSON object per round: metrics, bytes, wall time, events
     summary.json    final and best values, timings, totals
     curves.png      the main curves per round
+    final_arrays.npz  the server's final ArrayRecord (for analyses after the run)
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedsim.config import RunConfig
 
@@ -69,9 +72,11 @@ class RunRecorder:
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
 
-    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Write ``summary.json`` and ``curves.png``; return the summary."""
+    def finish(self, extra: dict[str, Any] | None = None, arrays=None) -> dict[str, Any]:
+        """Write ``summary.json``, ``curves.png`` and (given an ArrayRecord) ``final_arrays.npz``."""
         self._jsonl.close()
+        if arrays is not None:
+            np.savez_compressed(self.run_dir / "final_arrays.npz", **{k: v.numpy() for k, v in arrays.items()})
         summary = summarize(self.rounds)
         summary.update(extra or {})
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

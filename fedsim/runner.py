@@ -117,7 +117,7 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
         if recorder is not None:
             recorder.add_round(record)
         log(INFO, "[fedsim] %s", progress_line(record, config.num_server_rounds))
-    summary = recorder.finish({"num-nodes": num_nodes}) if recorder is not None else {}
+    summary = recorder.finish({"num-nodes": num_nodes}, arrays) if recorder is not None else {}
     return {"rounds": rounds, "arrays": arrays, "summary": summary}
 
 

@@ -62,6 +62,8 @@ class Suite:
     strategies: list[str]
     settings: list[Setting]
     description: str = ""
+    columns: tuple[str, ...] = COLUMNS
+    """Table columns: the clustering columns above, or names of metrics read from the last round."""
 
 
 def load_suite(path: Path) -> Suite:
@@ -83,7 +85,8 @@ def load_suite(path: Path) -> Suite:
             RunConfig.from_mapping({**keys, "strategy": strategy}).check_population(setting.nodes)
         settings.append(setting)
     return Suite(name=raw["name"], seeds=list(raw["seeds"]), strategies=list(raw["strategies"]),
-                 settings=settings, description=raw.get("description", ""))
+                 settings=settings, description=raw.get("description", ""),
+                 columns=tuple(raw.get("columns", COLUMNS)))
 
 
 def _run_job(job: tuple[str, dict[str, Any], int]) -> tuple[str, float]:
@@ -145,8 +148,8 @@ def run_suite(suite: Suite, out: Path, workers: int = 2, rounds: int | None = No
     return text
 
 
-def run_metrics(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
-    """The table's metrics of one run."""
+def run_metrics(rounds: list[dict[str, Any]], extra: tuple[str, ...] = ()) -> dict[str, float | None]:
+    """The table's metrics of one run (plus the last round's value of each name in ``extra``)."""
     headline = headline_metric(rounds)
     aris = [r.get("ari") for r in rounds]
     reached = next((r["round"] for r in rounds if (r.get("ari") or 0) >= 0.9), 0)  # 0: never
@@ -158,6 +161,7 @@ def run_metrics(rounds: list[dict[str, Any]]) -> dict[str, float | None]:
         "ari@10": aris[9] if len(aris) >= 10 else None,
         "first-ari>=0.9": reached,
         "time-per-round": float(np.mean([r["round-time"] for r in rounds[1:]])) if len(rounds) > 1 else None,
+        **{k: rounds[-1].get(k) for k in extra if k not in COLUMNS},
     }
 
 
@@ -186,13 +190,14 @@ def write_suite_report(suite: Suite, out: Path, wall_seconds: float | None = Non
         unit = "accuracy %" if headline == "eval-accuracy" else (headline or "")
         lines += [f"## {setting.name}: {setting.title}", "",
                   f"{setting.nodes} clients, {len(suite.seeds)} seeds; final = {unit}.", ""]
-        header = ["strategy", *[f"{c} (ours)" for c in COLUMNS], *[f"{c} (paper)" for c in COLUMNS],
-                  "s/round"]
+        columns = suite.columns
+        with_paper = [c for c in columns if any(c in p for p in setting.paper.values())]
+        header = ["strategy", *[f"{c} (ours)" for c in columns], *[f"{c} (paper)" for c in with_paper], "s/round"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for strategy, member_runs in runs.items():
-            metrics = [run_metrics(r) for r in member_runs if r]
-            ours = [_cell([m[c] for m in metrics], c, scale if c == "final" else 1.0) for c in COLUMNS]
-            paper = [setting.paper.get(strategy, {}).get(c, "") for c in COLUMNS]
+            metrics = [run_metrics(r, columns) for r in member_runs if r]
+            ours = [_cell([m[c] for m in metrics], c, scale if c == "final" else 1.0) for c in columns]
+            paper = [setting.paper.get(strategy, {}).get(c, "") for c in with_paper]
             per_round = _cell([m["time-per-round"] for m in metrics], "time")
             lines.append("| " + " | ".join([strategy, *ours, *paper, per_round]) + " |")
         if setting.differences:
