@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import signal
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -137,6 +139,8 @@ def run_suite(suite: Suite, out: Path, workers: int = 2, rounds: int | None = No
     start = time.monotonic()
     timings: dict[str, float] = {}
     if jobs:
+        # a SIGTERM ends the workers too (the pool's context manager terminates them on the way out)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         ctx = mp.get_context("spawn")
         with ctx.Pool(workers) as pool:
             for i, (run_dir, seconds) in enumerate(pool.imap_unordered(_run_job, jobs), 1):

@@ -260,6 +260,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
             "objective": bcd.objective(self.a, losses, self.d, self.lam, self.beta),
             "num-clusters": int(np.count_nonzero(sizes)),
             "cluster-sizes": sorted((int(s) for s in sizes if s), reverse=True),
+            "cell-clusters": labels.tolist(),
             "row-max-mean": float(self.a.max(1).mean()),
             "row-entropy-mean": float(bcd.row_entropy(self.a).mean()),
         }
