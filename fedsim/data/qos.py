@@ -360,3 +360,60 @@ def load_federation(num_cells: int, days: int, samples_per_window: int, seed: in
         gaussians.append(fit_gaussian(q[window - window.min() < first_test_window]))
     return Federation(cells=cells, regimes=np.asarray(regimes), means=np.stack([g[0] for g in gaussians]),
                       covs=np.stack([g[1] for g in gaussians]))
+
+
+def sanity_gate(fed: Federation, num_features: int = 256, ridge: float = 1e-2, seed: int = 0) -> dict[str, float]:
+    """The digest's sanity gate (Sec. 6.4) on a random-ReLU frozen base with closed-form heads.
+
+    Heads are ridge least squares on standardised targets: one global head, one per cell, one per
+    true regime (the oracle). Returns the ratios the gate checks:
+
+    - ``local/oracle sd-MAE`` per KPI (oracle regime heads beat per-cell heads on the predicted
+      standard deviation by at least 5 %: ratio >= 1.05);
+    - ``global/oracle mean-MAE`` per KPI (the global head at least 1.5x the oracle on the mean);
+    - mean Bhattacharyya kernel within and across regimes (clearly apart, e.g. > 0.9 and < 0.8).
+    """
+    from fedsim.bcd import bhattacharyya_kernel
+
+    train = [c.split == "train" for c in fed.cells]
+    x_all = np.concatenate([c.x[t] for c, t in zip(fed.cells, train)])
+    y_all = np.concatenate([c.y[t] for c, t in zip(fed.cells, train)])
+    mx, sx, my, sy = x_all.mean(0), x_all.std(0) + 1e-9, y_all.mean(0), y_all.std(0) + 1e-9
+    rng = np.random.default_rng([seed, 43])
+    w = rng.standard_normal((x_all.shape[1], num_features)) / np.sqrt(x_all.shape[1])
+    b = rng.standard_normal(num_features)
+
+    def phi(x):
+        return np.column_stack([np.maximum(0, ((x - mx) / sx) @ w + b), np.ones(len(x))])
+
+    def fit(cells):
+        p = np.concatenate([phi(fed.cells[i].x[train[i]]) for i in cells])
+        y = np.concatenate([(fed.cells[i].y[train[i]] - my) / sy for i in cells])
+        return np.linalg.solve(p.T @ p + ridge * np.eye(p.shape[1]), p.T @ y)
+
+    def errors(head_of):
+        mean_err, sd_err = [], []
+        for i, cell in enumerate(fed.cells):
+            test = cell.split == "test"
+            mu, chol = decode_gaussian(phi(cell.x[test]) @ head_of(i) * sy + my)
+            mu_t, chol_t = decode_gaussian(cell.y[test])
+            mean_err.append(np.abs(mu - mu_t))
+            sd_err.append(np.abs(np.sqrt(np.einsum("nij,nij->ni", chol, chol))
+                                 - np.sqrt(np.einsum("nij,nij->ni", chol_t, chol_t))))
+        return np.concatenate(mean_err).mean(0), np.concatenate(sd_err).mean(0)
+
+    n = len(fed.cells)
+    global_head = fit(range(n))
+    local = [fit([i]) for i in range(n)]
+    oracle = {r: fit(np.flatnonzero(fed.regimes == r)) for r in np.unique(fed.regimes)}
+    g_mean, _ = errors(lambda i: global_head)
+    _, l_sd = errors(lambda i: local[i])
+    o_mean, o_sd = errors(lambda i: oracle[fed.regimes[i]])
+    kernel = bhattacharyya_kernel(fed.means, fed.covs)
+    same = fed.regimes[:, None] == fed.regimes[None, :]
+    off = ~np.eye(n, dtype=bool)
+    out = {"kernel-within": float(kernel[same & off].mean()), "kernel-across": float(kernel[~same].mean())}
+    for k, kpi in enumerate(KPIS):
+        out[f"local/oracle sd-MAE {kpi}"] = float(l_sd[k] / o_sd[k])
+        out[f"global/oracle mean-MAE {kpi}"] = float(g_mean[k] / o_mean[k])
+    return out
