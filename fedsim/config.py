@@ -125,6 +125,9 @@ class RunConfig:
     results_dir : str
         Where run folders are written; a relative path is taken from
         ``$FEDSIM_RESULTS_ROOT`` if set, else from the working directory.
+    record_clients : bool
+        Also record every client's own evaluation metrics in each round's record
+        (``clients``: partition id -> metrics), e.g. for per-client error distributions.
     run_name : str
         Name of the run folder; empty means ``<date>-<strategy>-<dataset>-s<seed>``.
     """
@@ -165,9 +168,9 @@ class RunConfig:
     first_assignment: str = "evaluate"
     bcd_mode: str = "paper"
     bcd_pretrain_rounds: int = 10
-    bcd_lambda: float = 0.01
-    bcd_beta: float = 0.01
-    bcd_eta: float = 20.0
+    bcd_lambda: float = 0.0005
+    bcd_beta: float = 0.03
+    bcd_eta: float = 80.0
     bcd_initial_clusters: int = 6
     optimizer: str = "adam"
     lr: float = 0.01
@@ -176,6 +179,7 @@ class RunConfig:
     seed: int = 0
     round_timeout: float = 600.0
     results_dir: str = "results"
+    record_clients: bool = False
     run_name: str = ""
 
     @classmethod

@@ -14,7 +14,7 @@ import time
 from logging import INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -104,9 +104,12 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
         replies = metered.send_and_receive(
             strategy.configure_evaluate(server_round, arrays, ConfigRecord(), metered), timeout=config.round_timeout
         )
+        replies = list(replies)
         eval_metrics = strategy.aggregate_evaluate(server_round, replies)
         now = time.monotonic()
         record: dict[str, Any] = {"round": server_round}
+        if config.record_clients:
+            record["clients"] = per_client_metrics(replies, getattr(strategy, "partition_of", {}))
         record.update(_numbers(train_metrics))
         record.update(_numbers(eval_metrics))
         record.update(metered.take_counts())
@@ -119,6 +122,18 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
         log(INFO, "[fedsim] %s", progress_line(record, config.num_server_rounds))
     summary = recorder.finish({"num-nodes": num_nodes}, arrays) if recorder is not None else {}
     return {"rounds": rounds, "arrays": arrays, "summary": summary}
+
+
+def per_client_metrics(replies: list[Message], partition_of: dict[int, int]) -> dict[str, dict[str, Any]]:
+    """Each answering client's own evaluation metrics, keyed by partition id (node id if unknown)."""
+    out = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        node = reply.metadata.src_node_id
+        for record in reply.content.metric_records.values():
+            out[str(partition_of.get(node, node))] = dict(record)
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
 
 
 def _numbers(metrics: MetricRecord | None) -> dict[str, Any]:

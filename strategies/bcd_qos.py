@@ -94,8 +94,8 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         Cells to wait for before round 1.
     """
 
-    def __init__(self, num_columns: int, *, pretrain_rounds: int, mode: str = "paper", lam: float = 0.01,
-                 beta: float = 0.01, eta: float = 20.0, initial_clusters: int = 6, seed: int = 0,
+    def __init__(self, num_columns: int, *, pretrain_rounds: int, mode: str = "paper", lam: float = 0.0005,
+                 beta: float = 0.03, eta: float = 80.0, initial_clusters: int = 6, seed: int = 0,
                  min_available_nodes: int = 2) -> None:
         PartitionAwareMixin.__init__(self, seed=seed, min_available_nodes=min_available_nodes)
         if mode not in ("paper", "theory"):

@@ -110,3 +110,15 @@ def test_results_folder_and_report(tmp_path, loopback):
     row = next(line for line in text.splitlines() if line.startswith("| strategy=fedavg"))
     assert "| 2 |" in row and expected in row
     assert (tmp_path / "report" / "comparison.png").stat().st_size > 1000
+
+
+def test_per_client_metrics_are_recorded_on_request(loopback):
+    result, _ = loopback(num_nodes=4, num_server_rounds=2, record_clients=True, strategy="fedavg")
+    clients = result["rounds"][-1]["clients"]
+    assert list(clients) == ["0", "1", "2", "3"]
+    values = [c["eval-accuracy"] for c in clients.values()]
+    sizes = [c["num-examples"] for c in clients.values()]
+    weighted = sum(v * n for v, n in zip(values, sizes)) / sum(sizes)
+    assert result["rounds"][-1]["eval-accuracy"] == pytest.approx(weighted)
+    plain, _ = loopback(num_nodes=4, num_server_rounds=1, strategy="fedavg")
+    assert "clients" not in plain["rounds"][0]
