@@ -77,6 +77,37 @@ def subset_cost_fn(stats, kernel, lam, beta, ridge=1e-8):
     return cost
 
 
+def per_cell_figure(out: Path, metric: str = "mae-mean-latency") -> list[str]:
+    """Paper Fig. 5: per-cell error of the predicted mean latency, each method, seeds pooled."""
+    methods = {"fedavg": "Global", "local-only": "Local", "bcd-qos": "Clustered"}
+    per_cell: dict[str, np.ndarray] = {}
+    for strategy in methods:
+        runs = sorted((out / "vehicular-qos").glob(f"{strategy}-s*"))
+        tables = [read_run(r)[1][-1].get("clients", {}) for r in runs]
+        if not tables or not tables[0]:
+            return []
+        per_cell[strategy] = np.array([[t[cell][metric] for cell in sorted(t, key=int)] for t in tables])
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    cells = per_cell["bcd-qos"].shape[1]
+    for k, (strategy, label) in enumerate(methods.items()):
+        positions = np.arange(cells) * 4 + k
+        parts = ax.violinplot(list(per_cell[strategy].T), positions=positions, widths=0.9, showmeans=True)
+        parts["bodies"][0].set_label(label)
+    ax.set_xticks(np.arange(cells) * 4 + 1, [str(c + 1) for c in range(cells)])
+    ax.set_xlabel("cell")
+    ax.set_ylabel(f"{metric} (over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "per_cell.png", dpi=110)
+    plt.close(fig)
+    mean = {s: per_cell[s].mean(0) for s in methods}
+    spread = {s: per_cell[s].std(0).mean() for s in methods}
+    return ["## Per-cell error of the predicted mean latency (Fig. 5)", "",
+            "| method | mean over cells | worst cell | mean spread over seeds |", "|---|---|---|---|",
+            *[f"| {methods[s]} | {mean[s].mean():.4f} | {mean[s].max():.4f} (cell {int(mean[s].argmax()) + 1}) | "
+              f"{spread[s]:.4f} |" for s in methods], ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite_dir")
@@ -131,6 +162,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(out / "objective.png", dpi=110)
     plt.close(fig)
+    lines += per_cell_figure(out)
     total, head = bcd.param_count(27, 9)
     lines += ["## Traffic per round (bytes, all 12 cells)", "",
               "| run | pre-training up | pre-training down | BCD up | BCD down |", "|---|---|---|---|---|"]
