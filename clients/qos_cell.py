@@ -32,7 +32,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from clients.local_train import LocalTrainRole
 from fedsim import protocol
 from fedsim.data.federation import ClientData
-from fedsim.data.qos import KPIS, Federation, decode_gaussian, load_federation
+from fedsim.data.qos import FEATURES, HORIZON_WINDOWS, KPIS, WINDOW_S, Federation, decode_gaussian, load_federation
 from fedsim.seeding import derive_seed
 
 BASE = "base"
@@ -99,25 +99,57 @@ class QosCellRole(LocalTrainRole):
             full[name] = array
         return self.model_from(full)
 
-    def features(self, context: Context, base: ArrayRecord, which: str) -> torch.Tensor:
-        """Penultimate features of the train or test inputs under ``base`` (cached per base).
+    def features(self, context: Context, base: ArrayRecord) -> torch.Tensor:
+        """Penultimate features of all this cell's inputs under ``base`` (cached per base).
 
         The base is frozen during BCD, so each cell computes its features once
         (dropout off) and every head step is a cheap linear least-squares step.
         """
         fingerprint = hashlib.sha1(b"".join(bytes(a.data) for a in base.values())).hexdigest()
         pid, n = protocol.partition_of(context)
-        key = (pid, n, fingerprint, which)
+        key = (pid, n, fingerprint)
         if key not in self._features:
             if len(self._features) > 64:
                 self._features.clear()
             model = self.task.build_model()
             model.load_state_dict(base.to_torch_state_dict(), strict=False)
             model.eval()
-            data = self.data(context)
             with torch.no_grad():
-                self._features[key] = model.features(data.x_train if which == "train" else data.x_test)
+                self._features[key] = model.features(_all_rows(self, pid, n)[0])
         return self._features[key]
+
+    def rows(self, context: Context, config) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the training and test rows: the chronological split, or the online clock's.
+
+        With ``time-h`` t in the config (online BCD), a cell trains on the samples
+        whose input window began in the last ``qos-history-h`` hours and whose
+        one-hour-ahead target is already known at t, and is tested on the samples
+        of the next hour (inputs in [t, t + 1 h)).
+        """
+        pid, n = protocol.partition_of(context)
+        cell = self.federation(n).cells[pid]
+        if "time-h" not in config:
+            return np.flatnonzero(cell.split == "train"), np.flatnonzero(cell.split == "test")
+        t = float(config["time-h"])
+        start_h = (cell.target_window - HORIZON_WINDOWS) * WINDOW_S / 3600.0
+        known_h = (cell.target_window + 1) * WINDOW_S / 3600.0
+        train = np.flatnonzero((start_h >= t - self.config.qos_history_h) & (known_h <= t))
+        test = np.flatnonzero((start_h >= t) & (start_h < t + 1.0))
+        if len(train) == 0 or len(test) == 0:
+            raise ValueError(f"no {'training' if len(train) == 0 else 'test'} samples at t = {t:.2f} h "
+                             f"(the data covers {cell.x.shape[0]} samples up to {start_h.max() + 1:.1f} h)")
+        return train, test
+
+    def current_gaussian(self, context: Context, config) -> dict:
+        """Online: the Gaussian of the cell's latest window before the clock (its N_i now)."""
+        if "time-h" not in config:
+            return {}
+        pid, n = protocol.partition_of(context)
+        cell = self.federation(n).cells[pid]
+        start_h = (cell.target_window - HORIZON_WINDOWS) * WINDOW_S / 3600.0
+        latest = np.flatnonzero(start_h < float(config["time-h"]))
+        mu, chol = decode_gaussian(cell.x[latest[np.argmax(start_h[latest])], len(FEATURES):])
+        return {"qos-mean-now": mu.tolist(), "qos-cov-now": (chol @ chol.T).ravel().tolist()}
 
     # -- messages -----------------------------------------------------------------------
     def train(self, msg: Message, context: Context) -> Message:
@@ -126,13 +158,14 @@ class QosCellRole(LocalTrainRole):
         if config.get(PHASE, "full") != "head":
             return super().train(msg, context)
         base = self.base_from(msg, context)
-        data = self.data(context)
-        phi = self.features(context, base, "train")
+        train_rows, _ = self.rows(context, config)
+        phi = self.features(context, base)[train_rows]
+        y_train = _all_rows(self, *protocol.partition_of(context))[1][train_rows]
         if config.get(protocol.UPDATE) == "gradients":
             model = self.head_model(base, protocol.unpack_models(msg.content)[0])
-            return self._head_gradients(msg, phi, model.standardise_targets(data.y_train))
+            return self._head_gradients(msg, phi, model.standardise_targets(y_train))
         model = self.head_model(base, msg.content[protocol.ARRAYS])
-        target = model.standardise_targets(data.y_train)
+        target = model.standardise_targets(y_train)
         head = model.head
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, protocol.partition_of(context)[0],
                                                         int(config[protocol.SERVER_ROUND])))
@@ -179,13 +212,14 @@ class QosCellRole(LocalTrainRole):
         if config.get(PHASE, "full") != "head":
             return super().losses(msg, context)
         base = self.base_from(msg, context)
-        data = self.data(context)
-        phi = self.features(context, base, "train")
+        train_rows, _ = self.rows(context, config)
+        phi = self.features(context, base)[train_rows]
+        y_train = _all_rows(self, *protocol.partition_of(context))[1][train_rows]
         values = []
         for head in protocol.unpack_models(msg.content):
             model = self.head_model(base, head)
-            values.append(float(((model.head(phi) - model.standardise_targets(data.y_train)) ** 2).mean()))
-        metrics = {protocol.LOSSES: values, protocol.NUM_EXAMPLES: len(phi)}
+            values.append(float(((model.head(phi) - model.standardise_targets(y_train)) ** 2).mean()))
+        metrics = {protocol.LOSSES: values, protocol.NUM_EXAMPLES: len(phi), **self.current_gaussian(context, config)}
         if "a-row" in config:
             a = np.asarray(config["a-row"], float)
             z = a - float(config["eta"]) * (np.asarray(values) + np.asarray(config["coupling"], float))
@@ -208,11 +242,12 @@ class QosCellRole(LocalTrainRole):
         model.eval()
         pid, n = protocol.partition_of(context)
         cell = self.federation(n).cells[pid]
-        data = self.data(context)
-        prediction = model.predict(data.x_test).double().numpy()
-        metrics = qos_metrics(prediction, data.y_test.double().numpy(),
-                              cell.window_q[cell.target_window[cell.split == "test"]])
-        metrics["eval-loss"] = float(((model(data.x_test) - model.standardise_targets(data.y_test)) ** 2).mean())
+        _, test = self.rows(context, config)
+        x_all, y_all = _all_rows(self, pid, n)
+        x_test, y_test = x_all[test], y_all[test]
+        prediction = model.predict(x_test).double().numpy()
+        metrics = qos_metrics(prediction, y_test.double().numpy(), cell.window_q[cell.target_window[test]])
+        metrics["eval-loss"] = float(((model(x_test) - model.standardise_targets(y_test)) ** 2).mean())
         metrics[protocol.NUM_EXAMPLES] = len(prediction)
         return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
 
@@ -241,6 +276,12 @@ def qos_metrics(prediction: np.ndarray, target: np.ndarray, realised: np.ndarray
         out[f"nll-{kpi}"] = float(nll_k[k])
     out["nll-total"] = float(np.sum(nll_k))
     return out
+
+
+@lru_cache(maxsize=4096)
+def _all_rows(role: QosCellRole, pid: int, num_partitions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    cell = role.federation(num_partitions).cells[pid]
+    return torch.as_tensor(cell.x, dtype=torch.float32), torch.as_tensor(cell.y, dtype=torch.float32)
 
 
 @lru_cache(maxsize=4096)

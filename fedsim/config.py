@@ -64,6 +64,12 @@ class RunConfig:
         ``vehicular-qos`` generator: days simulated, samples per cell and
         15-minute window, a factor on its unpredictable noise, and the drift
         event (cells 5 and 11 degrade from day 3, 08:00).
+    qos_online, qos_online_start_h, qos_history_h
+        BCD QoS online protocol (not in the paper): after ``bcd-offline-iterations``
+        BCD iterations on the chronological training split, each further round
+        is one 15-minute update period starting at ``qos-online-start-h``; cells
+        train on the last ``qos-history-h`` hours, are tested on the next hour and
+        report their latest window's Gaussian, from which D is rebuilt.
     model : str
         ``mlp``, ``cnn``, ``autoencoder`` or ``linear``.
     hidden_size : int
@@ -110,6 +116,11 @@ class RunConfig:
         BCD QoS: assignment step size eta_A = 1 / L_A (the SVT threshold is beta * eta).
     bcd_initial_clusters : int
         BCD QoS: clusters of the random one-hot A0 (over ``num-clusters`` columns).
+    bcd_offline_iterations : int
+        BCD QoS online: iterations before the clock starts.
+    bcd_freeze_after : int
+        BCD QoS: keep A fixed after this many BCD iterations (0 = never); the
+        frozen-cluster baseline of the drift study.
     optimizer : str
         Local optimiser, ``adam`` or ``sgd``.
     lr : float
@@ -150,6 +161,9 @@ class RunConfig:
     qos_samples_per_window: int = 40
     qos_noise_scale: float = 1.0
     qos_drift: bool = False
+    qos_online: bool = False
+    qos_online_start_h: float = 48.0
+    qos_history_h: float = 24.0
     model: str = "mlp"
     hidden_size: int = 64
     num_server_rounds: int = 20
@@ -172,6 +186,8 @@ class RunConfig:
     bcd_beta: float = 0.03
     bcd_eta: float = 80.0
     bcd_initial_clusters: int = 6
+    bcd_offline_iterations: int = 10
+    bcd_freeze_after: int = 0
     optimizer: str = "adam"
     lr: float = 0.01
     batch_size: int = 32
@@ -306,6 +322,10 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("qos_samples_per_window", lambda x: x >= 3, "at least 3 (a window's Gaussian needs them)"),
     ("qos_noise_scale", lambda x: x >= 0, "non-negative"),
     ("bcd_pretrain_rounds", lambda x: x >= 1, "at least 1"),
+    ("bcd_offline_iterations", lambda x: x >= 0, "non-negative"),
+    ("bcd_freeze_after", lambda x: x >= 0, "non-negative (0 = never)"),
+    ("qos_history_h", _positive, "positive"),
+    ("qos_online_start_h", lambda x: x >= 1, "at least 1 (hours of history)"),
     ("bcd_lambda", lambda x: x >= 0, "non-negative"),
     ("bcd_beta", lambda x: x >= 0, "non-negative"),
     ("bcd_eta", _positive, "positive"),

@@ -96,7 +96,8 @@ class BcdQoS(PartitionAwareMixin, Strategy):
 
     def __init__(self, num_columns: int, *, pretrain_rounds: int, mode: str = "paper", lam: float = 0.0005,
                  beta: float = 0.03, eta: float = 80.0, initial_clusters: int = 6, seed: int = 0,
-                 min_available_nodes: int = 2) -> None:
+                 min_available_nodes: int = 2, online: bool = False, offline_iterations: int = 10,
+                 online_start_h: float = 48.0, freeze_after: int = 0) -> None:
         PartitionAwareMixin.__init__(self, seed=seed, min_available_nodes=min_available_nodes)
         if mode not in ("paper", "theory"):
             raise ValueError(f"mode must be 'paper' or 'theory', not '{mode}'")
@@ -105,6 +106,8 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         self.mode = mode
         self.lam, self.beta, self.eta = lam, beta, eta
         self.initial_clusters = initial_clusters
+        self.online, self.offline_iterations, self.online_start_h = online, offline_iterations, online_start_h
+        self.freeze_after = freeze_after
         self.a: np.ndarray | None = None
         self.d: np.ndarray | None = None
         self.cells: list[int] = []
@@ -135,6 +138,20 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         self.d = bcd.laplacian(bcd.bhattacharyya_kernel(means, covs))
         self.a = bcd.initial_assignment(len(self.cells), self.num_columns, self.initial_clusters, self.seed)
 
+    def clock(self, server_round: int) -> float | None:
+        """Online protocol: the time (hours) of this round's update period; None before the clock starts."""
+        iteration = server_round - self.pretrain_rounds
+        if not self.online or iteration <= self.offline_iterations:
+            return None
+        return self.online_start_h + 0.25 * (iteration - self.offline_iterations - 1)
+
+    def _bcd_config(self, server_round: int, config: ConfigRecord) -> ConfigRecord:
+        config[PHASE] = "head"
+        t = self.clock(server_round)
+        if t is not None:
+            config["time-h"] = t
+        return config
+
     def _labels(self) -> dict[int, int]:
         return dict(zip(self.cells, bcd.hard_clusters(self.a).tolist()))
 
@@ -160,7 +177,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
             self._start_bcd(arrays)
         else:
             self.base, self.heads = unpack(arrays)
-        config[PHASE] = "head"
+        config = self._bcd_config(server_round, config)
         labels = self._labels()
         messages = []
         for node in nodes:
@@ -228,19 +245,21 @@ class BcdQoS(PartitionAwareMixin, Strategy):
             content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
             return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
         self.base, self.heads = unpack(arrays)
-        self._assignment_step(grid)
-        config[PHASE] = "head"
+        config = self._bcd_config(server_round, config)
+        frozen = 0 < self.freeze_after < server_round - self.pretrain_rounds
+        self._assignment_step(grid, config, update=not frozen)
         labels = self._labels()
         return [Message(self._content(n, {protocol.ARRAYS: self.heads[labels[n]]}, config), dst_node_id=n,
                         message_type=MessageType.EVALUATE) for n in nodes if n in labels]
 
-    def _assignment_step(self, grid: Grid) -> None:
+    def _assignment_step(self, grid: Grid, config: ConfigRecord, update: bool = True) -> None:
+        """Block 2: collect every cell's row update and apply the server's step (``update=False``: keep A)."""
         coupling = 2 * self.lam * self.d @ self.a
         heads = protocol.pack_models(self.heads)
         messages = []
         for i, node in enumerate(self.cells):
-            cfg = ConfigRecord({PHASE: "head", "a-row": self.a[i].tolist(), "coupling": coupling[i].tolist(),
-                                "eta": self.eta})
+            cfg = ConfigRecord(dict(config))
+            cfg.update({"a-row": self.a[i].tolist(), "coupling": coupling[i].tolist(), "eta": self.eta})
             messages.append(Message(self._content(node, dict(heads), cfg), dst_node_id=node,
                                     message_type=protocol.QUERY_LOSSES))
         replies = self.screen(grid.send_and_receive(messages), "losses", metric_keys=(protocol.LOSSES, "z"))
@@ -252,7 +271,12 @@ class BcdQoS(PartitionAwareMixin, Strategy):
             if node in by_node and len(by_node[node]["z"]) == self.num_columns:
                 z[i] = by_node[node]["z"]
                 losses[i] = by_node[node][protocol.LOSSES]
-        self.a = bcd.assignment_step(z, self.beta, self.eta, self.mode)
+        if update:
+            self.a = bcd.assignment_step(z, self.beta, self.eta, self.mode)
+        if "time-h" in config and all("qos-mean-now" in by_node.get(n, {}) for n in self.cells):
+            means = np.array([by_node[n]["qos-mean-now"] for n in self.cells], float)
+            covs = np.array([by_node[n]["qos-cov-now"] for n in self.cells], float).reshape(-1, 3, 3)
+            self.d = bcd.laplacian(bcd.bhattacharyya_kernel(means, covs))  # D follows the cells' current QoS
         labels = bcd.hard_clusters(self.a)
         sizes = bcd.cluster_sizes(labels, self.num_columns)
         truth = np.array([self.true_cluster(n) for n in self.cells])
@@ -267,6 +291,8 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         score = ari(truth, labels)
         if score is not None:
             metrics["ari"] = score
+        if "time-h" in config:
+            metrics["time-h"] = float(config["time-h"])
         if metrics["row-max-mean"] < 2.0 / self.num_columns:
             log(WARNING, "BCD: assignment rows are near uniform (mean max %.3f): the degenerate stationary point "
                 "attracts; lower bcd-lambda / bcd-beta or raise bcd-eta", metrics["row-max-mean"])
@@ -293,4 +319,6 @@ def build(config: RunConfig) -> BcdQoS:
     return BcdQoS(config.num_clusters, pretrain_rounds=config.bcd_pretrain_rounds, mode=config.bcd_mode,
                   lam=config.bcd_lambda, beta=config.bcd_beta, eta=config.bcd_eta,
                   initial_clusters=config.bcd_initial_clusters, seed=config.seed,
-                  min_available_nodes=config.min_available_nodes)
+                  min_available_nodes=config.min_available_nodes, online=config.qos_online,
+                  offline_iterations=config.bcd_offline_iterations, online_start_h=config.qos_online_start_h,
+                  freeze_after=config.bcd_freeze_after)

@@ -96,3 +96,27 @@ def test_strategy_refuses_unknown_mode(mode):
     BcdQoS(12, pretrain_rounds=1, mode=mode)
     with pytest.raises(ValueError, match="mode must be"):
         BcdQoS(12, pretrain_rounds=1, mode="exact")
+
+
+def test_online_clock_rows_and_frozen_assignment():
+    keys = {"qos-days": 3, "qos-online": True, "qos-online-start-h": 40.0, "qos-history-h": 6.0,
+            "bcd-offline-iterations": 2, "num-server-rounds": 8, "record-clients": True}
+    online, _, _ = _run(**keys)
+    times = [r.get("time-h") for r in online["rounds"]]
+    assert times == [None, None, None, None, 40.0, 40.25, 40.5, 40.75]
+    frozen, strategy, config = _run(**keys, **{"bcd-freeze-after": 2})
+    labels = [r["cell-clusters"] for r in frozen["rounds"] if "cell-clusters" in r]
+    assert all(lab == labels[1] for lab in labels[1:])  # fixed from the end of iteration 2 on
+
+    from clients.qos_cell import QosCellRole
+    from fedsim.data.qos import HORIZON_WINDOWS
+
+    role = QosCellRole(config)
+    context = next(iter(LoopbackGrid(client_app, 12, config.to_dict()).contexts.values()))
+    train, test = role.rows(context, {"time-h": 40.0})
+    cell = role.federation(12).cells[context.node_config["partition-id"]]
+    start_h = (cell.target_window - HORIZON_WINDOWS) * 0.25
+    assert np.all((cell.target_window[train] + 1) * 0.25 <= 40.0) and np.all(start_h[train] >= 34.0)
+    assert np.all((start_h[test] >= 40.0) & (start_h[test] < 41.0)) and len(test) > 0
+    with pytest.raises(ValueError, match="no test samples"):
+        role.rows(context, {"time-h": 71.0})
