@@ -47,6 +47,18 @@ class LocalTrainRole:
         """This node's local data."""
         return load_client_data(self.config, *protocol.partition_of(context))
 
+    @staticmethod
+    def arrays_for(msg: Message, context: Context) -> ArrayRecord:
+        """The model a message asks for: the node's personal model if ``personal`` and kept, else the message's."""
+        config = msg.content[protocol.CONFIG]
+        arrays = msg.content.array_records.get(protocol.ARRAYS)
+        if bool(config.get(protocol.PERSONAL, False)) and protocol.PERSONAL_MODEL in context.state:
+            arrays = context.state[protocol.PERSONAL_MODEL]
+        if arrays is None:
+            raise ValueError(f"{msg.metadata.message_type} message carries no model and this node keeps no "
+                             "personal model")
+        return arrays
+
     def model_from(self, arrays: ArrayRecord) -> torch.nn.Module:
         """A model (reused across messages in this process) holding ``arrays``."""
         if self._model is None:
@@ -112,12 +124,7 @@ class LocalTrainRole:
         """Handle a ``train`` message."""
         config = msg.content[protocol.CONFIG]
         personal = bool(config.get(protocol.PERSONAL, False))
-        arrays = msg.content.array_records.get(protocol.ARRAYS)
-        if personal and protocol.PERSONAL_MODEL in context.state:
-            arrays = context.state[protocol.PERSONAL_MODEL]
-        if arrays is None:
-            raise ValueError("train message carries no model and this node keeps no personal model")
-        model = self.model_from(arrays)
+        model = self.model_from(self.arrays_for(msg, context))
         data = self.data(context)
         partition_id, _ = protocol.partition_of(context)
         if protocol.CLUSTER_ID in config:
@@ -135,14 +142,8 @@ class LocalTrainRole:
 
     def evaluate(self, msg: Message, context: Context) -> Message:
         """Handle an ``evaluate`` message."""
-        config = msg.content[protocol.CONFIG]
-        arrays = msg.content.array_records.get(protocol.ARRAYS)
-        if bool(config.get(protocol.PERSONAL, False)) and protocol.PERSONAL_MODEL in context.state:
-            arrays = context.state[protocol.PERSONAL_MODEL]
-        if arrays is None:
-            raise ValueError("evaluate message carries no model and this node keeps no personal model")
         data = self.data(context)
-        scores = self.task.evaluate(self.model_from(arrays), data.x_test, data.y_test)
+        scores = self.task.evaluate(self.model_from(self.arrays_for(msg, context)), data.x_test, data.y_test)
         metrics = {f"eval-{k}": v for k, v in scores.items()}
         metrics[protocol.NUM_EXAMPLES] = len(data.x_test)
         return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)

@@ -233,12 +233,7 @@ class QosCellRole(LocalTrainRole):
         if config.get(PHASE, "full") == "head":
             model = self.head_model(self.base_from(msg, context), msg.content[protocol.ARRAYS])
         else:
-            arrays = msg.content.array_records.get(protocol.ARRAYS)
-            if bool(config.get(protocol.PERSONAL, False)) and protocol.PERSONAL_MODEL in context.state:
-                arrays = context.state[protocol.PERSONAL_MODEL]
-            if arrays is None:
-                raise ValueError("evaluate message carries no model and this node keeps no personal model")
-            model = self.model_from(arrays)
+            model = self.model_from(self.arrays_for(msg, context))
         model.eval()
         pid, n = protocol.partition_of(context)
         cell = self.federation(n).cells[pid]
@@ -254,6 +249,9 @@ class QosCellRole(LocalTrainRole):
 
 def qos_metrics(prediction: np.ndarray, target: np.ndarray, realised: np.ndarray) -> dict[str, float]:
     """MAE of mean and standard deviation per KPI, and marginal Gaussian NLL per KPI and in total.
+
+    MAEs are given in the modelling domain (``mae-mean-latency``: log ms) and in
+    physical units (``mae-mean-latency-phys``: ms, via the lognormal moments).
 
     Parameters
     ----------
@@ -274,8 +272,20 @@ def qos_metrics(prediction: np.ndarray, target: np.ndarray, realised: np.ndarray
         out[f"mae-mean-{kpi}"] = float(np.mean(np.abs(mu[:, k] - mu_t[:, k])))
         out[f"mae-sd-{kpi}"] = float(np.mean(np.abs(sd[:, k] - sd_t[:, k])))
         out[f"nll-{kpi}"] = float(nll_k[k])
+        # physical units: latency and jitter are lognormal (ms), RSRP Gaussian (dBm)
+        (pm, ps), (pm_t, ps_t) = physical(mu[:, k], sd[:, k], kpi), physical(mu_t[:, k], sd_t[:, k], kpi)
+        out[f"mae-mean-{kpi}-phys"] = float(np.mean(np.abs(pm - pm_t)))
+        out[f"mae-sd-{kpi}-phys"] = float(np.mean(np.abs(ps - ps_t)))
     out["nll-total"] = float(np.sum(nll_k))
     return out
+
+
+def physical(mu: np.ndarray, sd: np.ndarray, kpi: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation in physical units: lognormal for latency and jitter, as is for RSRP."""
+    if kpi == "rsrp":
+        return mu, sd
+    mean = np.exp(mu + sd**2 / 2)
+    return mean, mean * np.sqrt(np.expm1(sd**2))
 
 
 @lru_cache(maxsize=4096)

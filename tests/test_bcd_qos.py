@@ -120,3 +120,13 @@ def test_online_clock_rows_and_frozen_assignment():
     assert np.all((start_h[test] >= 40.0) & (start_h[test] < 41.0)) and len(test) > 0
     with pytest.raises(ValueError, match="no test samples"):
         role.rows(context, {"time-h": 71.0})
+
+
+def test_physical_units_follow_the_lognormal_moments():
+    from clients.qos_cell import physical
+
+    rng = np.random.default_rng(0)
+    samples = np.exp(rng.normal(2.0, 0.5, 2_000_000))
+    mean, sd = physical(np.array([2.0]), np.array([0.5]), "latency")
+    assert mean[0] == pytest.approx(samples.mean(), rel=2e-3) and sd[0] == pytest.approx(samples.std(), rel=5e-3)
+    assert physical(np.array([-90.0]), np.array([3.0]), "rsrp") == (-90.0, 3.0)
