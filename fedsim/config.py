@@ -64,6 +64,10 @@ class RunConfig:
         ``vehicular-qos`` generator: days simulated, samples per cell and
         15-minute window, a factor on its unpredictable noise, and the drift
         event (cells 5 and 11 degrade from day 3, 08:00).
+    qos_radio_map : str
+        ``vehicular-qos``: an npz of ray-traced path gains
+        (``datasets/munich_path_gain.npz``, made by ``datasets/sionna_radio_map.py``)
+        to place UEs and derive RSRP from; empty = the log-distance model.
     qos_online, qos_online_start_h, qos_history_h
         BCD QoS online protocol (not in the paper): after ``bcd-offline-iterations``
         BCD iterations on the chronological training split, each further round
@@ -161,6 +165,7 @@ class RunConfig:
     qos_samples_per_window: int = 40
     qos_noise_scale: float = 1.0
     qos_drift: bool = False
+    qos_radio_map: str = ""
     qos_online: bool = False
     qos_online_start_h: float = 48.0
     qos_history_h: float = 24.0

@@ -104,3 +104,36 @@ def test_drift_moves_the_drifted_cells_only():
     assert np.array_equal(base[0]["Rsrp"], drifted[0]["Rsrp"])
     assert not np.allclose(base[4]["AvgDelay"][late], drifted[4]["AvgDelay"][late])
     assert np.array_equal(base[4]["AvgDelay"][~late], drifted[4]["AvgDelay"][~late])
+
+
+def test_radio_map_places_ues_on_covered_cells_and_sets_rsrp(tmp_path):
+    from fedsim.data.qos import RadioMap
+
+    ny, nx = 30, 40
+    xs, ys = np.meshgrid(np.arange(nx) * 10.0 - 200, np.arange(ny) * 10.0 - 150)
+    centers = np.stack([xs, ys], -1).astype(np.float32)
+    gain = np.full((2, ny, nx), -np.inf, np.float32)
+    gain[0, :10, :10] = -100.0
+    gain[1, 20:, 30:] = np.linspace(-120, -90, 10 * 10).reshape(10, 10)
+    path = tmp_path / "map.npz"
+    np.savez(path, path_gain_db=gain, cell_centers=centers, enb_positions=np.zeros((2, 3), np.float32),
+             frequency_hz=np.float32(3.5e9), cell_size_m=np.float32(10.0))
+    tables, _ = generate_cells(num_cells=2, days=1, samples_per_window=4, seed=0, radio_map=RadioMap(path))
+    t0 = tables[0]
+    assert np.all((t0["UE_X"] >= -205) & (t0["UE_X"] <= -105) & (t0["UE_Y"] >= -155) & (t0["UE_Y"] <= -55))
+    base = 30 - 10 * np.log10(12 * 106) - 100.0
+    offset = np.median(t0["Rsrp"]) - base  # the cell's constant offset
+    assert abs(offset) < 10 and np.std(t0["Rsrp"] - base - offset) == pytest.approx(2.0, rel=0.15)
+    with pytest.raises(ValueError, match="radio map has 2 cells"):
+        RadioMap(path).candidates(5)
+
+
+def test_shipped_munich_radio_map_gives_plausible_rsrp():
+    from pathlib import Path
+
+    from fedsim.data.qos import RadioMap
+
+    path = Path(__file__).resolve().parents[1] / "datasets" / "munich_path_gain.npz"
+    tables, _ = generate_cells(num_cells=12, days=1, samples_per_window=4, seed=0, radio_map=RadioMap(path))
+    rsrp = np.concatenate([t["Rsrp"] for t in tables])
+    assert np.all(np.isfinite(rsrp)) and -160 < np.median(rsrp) < -60

@@ -83,9 +83,55 @@ def cell_layout(num_cells: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return positions, regimes
 
 
+RADIO_MAP_NOISE_DB = 2.0
+"""Spread of RSRP around a ray-traced path gain (measurement noise and small movements)."""
+
+
+class RadioMap:
+    """Ray-traced path gain of every cell on a grid (an npz written by ``datasets/sionna_radio_map.py``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The npz file (``path_gain_db`` [cells, ny, nx], ``cell_centers`` [ny, nx, 2]).
+    radius_m : float
+        UEs of a cell are placed on covered grid cells within this distance of its eNB
+        (the nearest 50 covered grid cells if fewer are that close).
+    """
+
+    def __init__(self, path, radius_m: float = CELL_RADIUS_M) -> None:
+        with np.load(path) as data:
+            self.gain_db = data["path_gain_db"]
+            self.centers = data["cell_centers"]
+            self.enb = data["enb_positions"]
+            self.cell_size = float(data["cell_size_m"])
+        self.radius_m = radius_m
+        self._candidates: dict[int, np.ndarray] = {}
+
+    def candidates(self, cell: int) -> np.ndarray:
+        """Flat indices of the grid cells a UE of ``cell`` may stand on."""
+        if cell not in self._candidates:
+            if cell >= len(self.gain_db):
+                raise ValueError(f"the radio map has {len(self.gain_db)} cells; cell {cell + 1} is not in it")
+            covered = np.flatnonzero(np.isfinite(self.gain_db[cell]).ravel())
+            if covered.size == 0:
+                raise ValueError(f"the radio map covers no grid cell of cell {cell + 1}")
+            dist = np.linalg.norm(self.centers.reshape(-1, 2)[covered] - self.enb[cell, :2], axis=1)
+            near = covered[dist <= self.radius_m]
+            self._candidates[cell] = near if near.size >= 50 else covered[np.argsort(dist)[:50]]
+        return self._candidates[cell]
+
+    def sample(self, cell: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``n`` UE positions (x, y) on covered grid cells and their path gains in dB."""
+        pick = rng.choice(self.candidates(cell), size=n)
+        xy = self.centers.reshape(-1, 2)[pick] + rng.uniform(-0.5, 0.5, (n, 2)) * self.cell_size
+        return xy[:, 0], xy[:, 1], self.gain_db[cell].ravel()[pick].astype(float)
+
+
 def generate_cells(num_cells: int = 12, days: int = 3, samples_per_window: int = 40, seed: int = 0,
                    drift: bool = False, drift_cells: tuple[int, ...] = (4, 10), drift_start_h: float = 56.0,
-                   noise_scale: float = 1.0) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+                   noise_scale: float = 1.0, radio_map: RadioMap | None = None
+                   ) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
     """Generate the raw per-cell sample tables of the statistical vehicular-QoS model.
 
     Parameters
@@ -102,6 +148,11 @@ def generate_cells(num_cells: int = 12, days: int = 3, samples_per_window: int =
         From ``drift_start_h`` hours on (default: day 3, 08:00), the ``drift_cells``
         (0-based; default cells 5 and 11) take regime R2's radio and QoS
         parameters with 1.5 times the load (e.g. roadworks). Not in the paper.
+    noise_scale : float
+        Factor on the unpredictable noise (load, latency, jitter).
+    radio_map : RadioMap, optional
+        Ray-traced path gains (``datasets/sionna_radio_map.py``): UEs are placed on
+        covered grid cells and RSRP follows the map instead of the log-distance model.
 
     Returns
     -------
@@ -146,6 +197,10 @@ def generate_cells(num_cells: int = 12, days: int = 3, samples_per_window: int =
         path_loss = np.where(los, 32.4 + 21 * np.log10(d3) + 20 * np.log10(FREQ_GHZ),
                              22.4 + 10 * PL_EXPONENT[r] * np.log10(d3) + 21.3 * np.log10(FREQ_GHZ))
         shadow = rng.normal(0, 1, w.size) * SHADOW_DB[r]
+        ue_x, ue_y = positions[i, 0] + radius * np.cos(angle), positions[i, 1] + radius * np.sin(angle)
+        if radio_map is not None:  # ray-traced large-scale gain instead of log-distance + shadowing
+            ue_x, ue_y, gain_db = radio_map.sample(i, w.size, rng)
+            path_loss, shadow = -gain_db, rng.normal(0, RADIO_MAP_NOISE_DB, w.size)
         rsrp = 30 - 10 * np.log10(12 * 106) - path_loss - shadow + cell_rsrp[i]
         interference = NOISE_RE_DBM + 10 * np.log10(1 + 5 * load[neighbours[i]].mean(0)[w])
         sinr = rsrp - interference + rng.normal(0, 1, w.size)
@@ -162,7 +217,7 @@ def generate_cells(num_cells: int = 12, days: int = 3, samples_per_window: int =
         tables.append({
             "Time": t, "FlowId": rng.integers(0, 30, w.size).astype(float), "CellId": np.full(w.size, i + 1.0),
             "CellLoad": np.random.default_rng([seed, 32, i]).poisson(2.5 * rho / mean_load).astype(float),
-            "UE_X": positions[i, 0] + radius * np.cos(angle), "UE_Y": positions[i, 1] + radius * np.sin(angle),
+            "UE_X": ue_x, "UE_Y": ue_y,
             "Speed": rng.uniform(lo, hi), "Direction": rng.uniform(-180, 180, w.size), "PacketSize": size,
             "DeltaTxPackets": np.full(w.size, 100.0), "DeltaRxPackets": rx, "AvgDelay": np.exp(log_lat) / 1000,
             "ThroughputKbps": rx * size * 8 / 1000, "IntervalLossRate": loss,
@@ -323,6 +378,23 @@ def fit_gaussian(q: np.ndarray, ridge: float = 1e-6) -> tuple[np.ndarray, np.nda
     return q.mean(0), np.cov(q, rowvar=False) + ridge * np.eye(q.shape[1])
 
 
+def resolve_path(path: str) -> Path:
+    """An absolute path, or one relative to the working directory or, failing that, to the repository.
+
+    Raises
+    ------
+    FileNotFoundError
+        If neither exists.
+    """
+    candidates = [Path(path).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates.append(Path(__file__).resolve().parents[2] / path)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"'{path}' not found (looked in: {', '.join(str(c) for c in candidates)})")
+
+
 @dataclass(frozen=True)
 class Federation:
     """Every cell of a QoS run: model-ready data, latent regime (-1 if unknown), training-period Gaussian."""
@@ -335,7 +407,7 @@ class Federation:
 
 @lru_cache(maxsize=4)
 def load_federation(num_cells: int, days: int, samples_per_window: int, seed: int, drift: bool,
-                    noise_scale: float, csv_dir: str = "") -> Federation:
+                    noise_scale: float, csv_dir: str = "", radio_map: str = "") -> Federation:
     """The cells of a run, generated (``csv_dir`` empty) or read from per-cell CSVs (cached per process).
 
     Raises
@@ -350,7 +422,8 @@ def load_federation(num_cells: int, days: int, samples_per_window: int, seed: in
         regimes = np.full(num_cells, -1)
     else:
         tables, regimes = generate_cells(num_cells, days, samples_per_window, seed, drift=drift,
-                                         noise_scale=noise_scale)
+                                         noise_scale=noise_scale,
+                                         radio_map=RadioMap(resolve_path(radio_map)) if radio_map else None)
     cells = [windowed(t) for t in tables]
     gaussians = []
     for table, cell in zip(tables, cells):
