@@ -151,16 +151,21 @@ class QosCellRole(LocalTrainRole):
         mu, chol = decode_gaussian(cell.x[latest[np.argmax(start_h[latest])], len(FEATURES):])
         return {"qos-mean-now": mu.tolist(), "qos-cov-now": (chol @ chol.T).ravel().tolist()}
 
+    def head_training_data(self, msg: Message, context: Context, config) -> tuple[ArrayRecord, torch.Tensor,
+                                                                                  torch.Tensor]:
+        """The frozen base, and the features and raw targets of the current training rows."""
+        base = self.base_from(msg, context)
+        train_rows, _ = self.rows(context, config)
+        y_all = _all_rows(self, *protocol.partition_of(context))[1]
+        return base, self.features(context, base)[train_rows], y_all[train_rows]
+
     # -- messages -----------------------------------------------------------------------
     def train(self, msg: Message, context: Context) -> Message:
         """Full-model training, or (``phase = "head"``) head training / head gradients."""
         config = msg.content[protocol.CONFIG]
         if config.get(PHASE, "full") != "head":
             return super().train(msg, context)
-        base = self.base_from(msg, context)
-        train_rows, _ = self.rows(context, config)
-        phi = self.features(context, base)[train_rows]
-        y_train = _all_rows(self, *protocol.partition_of(context))[1][train_rows]
+        base, phi, y_train = self.head_training_data(msg, context, config)
         if config.get(protocol.UPDATE) == "gradients":
             model = self.head_model(base, protocol.unpack_models(msg.content)[0])
             return self._head_gradients(msg, phi, model.standardise_targets(y_train))
@@ -211,10 +216,7 @@ class QosCellRole(LocalTrainRole):
         config = msg.content.config_records.get(protocol.CONFIG, {})
         if config.get(PHASE, "full") != "head":
             return super().losses(msg, context)
-        base = self.base_from(msg, context)
-        train_rows, _ = self.rows(context, config)
-        phi = self.features(context, base)[train_rows]
-        y_train = _all_rows(self, *protocol.partition_of(context))[1][train_rows]
+        base, phi, y_train = self.head_training_data(msg, context, config)
         values = []
         for head in protocol.unpack_models(msg.content):
             model = self.head_model(base, head)
