@@ -75,6 +75,8 @@ class QosCellRole(LocalTrainRole):
         cell = fed.cells[pid]
         train = cell.split == "train"
         x, y = cell.x[train], cell.y[train]
+        if not train.any() or not (np.all(np.isfinite(fed.means[pid])) and np.all(np.isfinite(fed.covs[pid]))):
+            raise ValueError(f"cell {pid + 1} has no usable QoS samples in its training period; it sits this run out")
         return {
             protocol.TRUE_CLUSTER: int(fed.regimes[pid]), protocol.NUM_EXAMPLES: int(train.sum()),
             "qos-count": int(train.sum()), "qos-x-sum": x.sum(0).tolist(), "qos-x-sumsq": (x**2).sum(0).tolist(),

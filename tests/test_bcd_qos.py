@@ -130,3 +130,21 @@ def test_physical_units_follow_the_lognormal_moments():
     mean, sd = physical(np.array([2.0]), np.array([0.5]), "latency")
     assert mean[0] == pytest.approx(samples.mean(), rel=2e-3) and sd[0] == pytest.approx(samples.std(), rel=5e-3)
     assert physical(np.array([-90.0]), np.array([3.0]), "rsrp") == (-90.0, 3.0)
+
+
+def test_a_cell_without_usable_data_sits_out_and_the_others_go_on(monkeypatch):
+    from clients import qos_cell
+    from fedsim import protocol
+
+    original = qos_cell.QosCellRole.describe
+
+    def empty_cell(self, context):
+        if protocol.partition_of(context)[0] == 5:
+            raise ValueError("cell 6 has no usable QoS samples in its training period; it sits this run out")
+        return original(self, context)
+
+    monkeypatch.setattr(qos_cell.QosCellRole, "describe", empty_cell)
+    result, strategy, _ = _run(**{"num-server-rounds": 3})
+    assert len(strategy.cells) == 11 and strategy.a.shape == (11, 12)
+    reasons = [e["reason"] for e in result["rounds"][0]["events"]]
+    assert any("cell 6 has no usable QoS samples" in r for r in reasons)
