@@ -24,3 +24,10 @@ def test_pooling_a_regime_beats_per_cell_heads_on_the_spread(gate):
 def test_the_global_head_is_much_worse_than_regime_heads_on_the_mean(gate):
     for kpi in ("latency", "jitter"):
         assert gate[f"global/oracle mean-MAE {kpi}"] >= 1.5, kpi
+
+
+@pytest.mark.xfail(strict=True, reason="measured: on the pooled random-feature gate the global head is about as "
+                   "good as per-cell heads on the mean (jitter 1.05x vs 1.07x the oracle)")
+def test_per_cell_heads_beat_the_global_head_on_the_mean(gate):
+    for kpi in ("latency", "jitter"):
+        assert gate[f"local/oracle mean-MAE {kpi}"] < gate[f"global/oracle mean-MAE {kpi}"], kpi

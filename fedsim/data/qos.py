@@ -479,8 +479,8 @@ def sanity_gate(fed: Federation, num_features: int = 256, ridge: float = 1e-2, s
     global_head = fit(range(n))
     local = [fit([i]) for i in range(n)]
     oracle = {r: fit(np.flatnonzero(fed.regimes == r)) for r in np.unique(fed.regimes)}
-    g_mean, _ = errors(lambda i: global_head)
-    _, l_sd = errors(lambda i: local[i])
+    g_mean, g_sd = errors(lambda i: global_head)
+    l_mean, l_sd = errors(lambda i: local[i])
     o_mean, o_sd = errors(lambda i: oracle[fed.regimes[i]])
     kernel = bhattacharyya_kernel(fed.means, fed.covs)
     same = fed.regimes[:, None] == fed.regimes[None, :]
@@ -488,5 +488,7 @@ def sanity_gate(fed: Federation, num_features: int = 256, ridge: float = 1e-2, s
     out = {"kernel-within": float(kernel[same & off].mean()), "kernel-across": float(kernel[~same].mean())}
     for k, kpi in enumerate(KPIS):
         out[f"local/oracle sd-MAE {kpi}"] = float(l_sd[k] / o_sd[k])
+        out[f"global/oracle sd-MAE {kpi}"] = float(g_sd[k] / o_sd[k])
+        out[f"local/oracle mean-MAE {kpi}"] = float(l_mean[k] / o_mean[k])
         out[f"global/oracle mean-MAE {kpi}"] = float(g_mean[k] / o_mean[k])
     return out
