@@ -127,6 +127,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """``fedsim run``: validate, then ``flwr run``."""
     app_dir = Path(args.app_dir).resolve()
     chosen, config = resolve_run_config(app_dir, [Path(p) for p in args.preset], args.run_config)
+    if not args.federation:  # a simulation: the number of clients is known now
+        config.check_population(args.nodes)
     print(f"fedsim: {config.strategy} / {config.client_role} / {config.task} on {config.dataset} "
           f"({config.partitioning}), {config.num_server_rounds} rounds, {args.nodes} clients", flush=True)
     for warning in config.warnings():

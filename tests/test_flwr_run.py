@@ -92,6 +92,7 @@ def test_fedsim_run_refuses_bad_input_before_starting_anything(capsys, tmp_path)
         (["-c", "lrr=0.1"], "unknown run-config key 'lrr' (did you mean 'lr'?)"),
         (["-c", "dataset='mnist' data-dir='/no/such/folder'"], "data-dir '/no/such/folder' does not exist"),
         (["-p", str(bad)], "is not valid TOML"),
+        (["-n", "3", "-c", "num-clusters=4"], "num-clusters = 4 is more than the 3 clients"),
     ]
     for args, message in cases:
         assert main(["run", str(ROOT), *args]) == 2
