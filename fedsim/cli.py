@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -148,10 +149,41 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"num-supernodes={args.nodes} client-resources-num-cpus={args.cpus_per_client}"]
     if chosen:
         command += ["--run-config", run_config_file]
+    env = flower_env(app_dir)
     try:
-        return subprocess.call(command, env=flower_env(app_dir), cwd=app_dir)
+        rc, run_id = _stream(command, env, app_dir)
     finally:
         os.unlink(run_config_file)
+    if rc != 0 or run_id is None or args.federation:
+        return rc
+    status = _run_status(run_id, env, app_dir)
+    if status != "finished:completed":  # `flwr run` exits 0 even when the ServerApp failed
+        print(f"fedsim: run {run_id} ended with status '{status}' (see the lines above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _stream(command: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str | None]:
+    """Run ``command``, echo its output as it comes, and pick up the run id it reports."""
+    run_id = None
+    with subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            found = re.search(r"Successfully started run (\d+)", line)
+            if found:
+                run_id = found.group(1)
+    return proc.returncode, run_id
+
+
+def _run_status(run_id: str, env: dict[str, str], cwd: Path) -> str:
+    """The SuperLink's final status of a run (``finished:completed`` when all went well)."""
+    out = subprocess.run(["flwr", "ls", "--run-id", run_id, "--format", "json"], env=env, cwd=cwd,
+                         capture_output=True, text=True).stdout
+    try:
+        return json.loads(out)["runs"][0]["status"]
+    except (ValueError, KeyError, IndexError):
+        return "unknown"
 
 
 def _toml_key(key: str) -> str:

@@ -1,12 +1,11 @@
 """The Flower ``ServerApp``: read the run config, run the configured strategy, write results.
 
 Nothing algorithm-specific lives here. A wrong configuration stops the run
-before round 1 with one line naming the key (and a non-zero exit).
+before round 1 with one line naming the key, and the run is recorded as failed.
 """
 
 from __future__ import annotations
 
-import sys
 from logging import ERROR, INFO, WARNING
 
 from flwr.app import Context
@@ -21,6 +20,14 @@ from fedsim.runner import run_rounds
 app = ServerApp()
 
 
+class RunAborted(RuntimeError):
+    """The run stopped before or during its rounds; the message says why, in one line.
+
+    Raised (rather than ``sys.exit``) so that Flower records the run as failed:
+    the simulation runtime ignores a ``SystemExit`` in the ServerApp thread.
+    """
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one fedsim experiment as configured by ``context.run_config``."""
@@ -28,7 +35,7 @@ def main(grid: Grid, context: Context) -> None:
         config = RunConfig.from_mapping(context.run_config)
     except ConfigError as err:
         log(ERROR, "[fedsim] invalid run config: %s", err)
-        sys.exit(2)
+        raise RunAborted(f"invalid run config: {err}") from None
     for warning in config.warnings():
         log(WARNING, "[fedsim] %s", warning)
     run_dir = new_run_dir(config)
@@ -39,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
         result = run_rounds(grid, config, recorder)
     except (ConfigError, DataSourceError, RuntimeError) as err:
         log(ERROR, "[fedsim] %s", err)
-        sys.exit(2)
+        raise RunAborted(str(err)) from None
     summary = result["summary"]
     log(INFO, "[fedsim] done in %.1f s (round 1 after %.1f s, %.2f s per later round); results in %s",
         summary.get("time-total", 0.0), summary.get("time-to-round-1", 0.0), summary.get("time-per-round", 0.0),

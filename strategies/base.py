@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from collections.abc import Iterable
 from logging import DEBUG, WARNING
@@ -29,6 +30,23 @@ from fedsim import protocol
 from fedsim.seeding import derive_seed
 
 _PURPOSE = {"train": 1, "evaluate": 2, "query": 3}
+
+
+def short_reason(reason: str, limit: int = 300) -> str:
+    """One line from a client's error reason: its innermost ``SomeError: message``.
+
+    Flower reports ``<class 'X'>:<'message'>``, and Ray wraps the message in a
+    whole traceback; the last exception line with a message is what matters.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", reason)
+    errors = re.findall(r"^\s*([\w.]*(?:Error|Exception)\w*: \S.*)$", text, flags=re.M)
+    if errors:
+        picked = errors[-1].strip()
+    else:
+        simple = re.match(r"<class '([\w.]+)'>:<'(.*)'>\s*$", text.strip(), flags=re.S)
+        picked = f"{simple.group(1).split('.')[-1]}: {simple.group(2)}" if simple else text.strip()
+    picked = " ".join(picked.split())
+    return picked if len(picked) <= limit else picked[: limit - 3] + "..."
 
 
 class PartitionAwareMixin:
@@ -78,7 +96,7 @@ class PartitionAwareMixin:
             for reply in replies:
                 node = reply.metadata.src_node_id
                 if reply.has_error() or protocol.INFO not in reply.content:
-                    reason = reply.error.reason if reply.has_error() else "no info record"
+                    reason = short_reason(reply.error.reason) if reply.has_error() else "no info record"
                     self._drop(node, "whoami", reason)
                     continue
                 info = dict(reply.content[protocol.INFO])
@@ -149,7 +167,7 @@ class PartitionAwareMixin:
     @staticmethod
     def _problem(reply: Message, expect_arrays: ArrayRecord | None, metric_keys: tuple[str, ...]) -> str | None:
         if reply.has_error():
-            return f"client error: {reply.error.reason}"
+            return f"client error: {short_reason(reply.error.reason)}"
         content = reply.content
         metrics = content.metric_records
         if len(metrics) != 1:

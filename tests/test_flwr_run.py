@@ -72,6 +72,19 @@ def test_flwr_run_of_bcd_qos(flower, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_that_fails_inside_the_server_app_fails_the_command(flower, tmp_path):
+    """`flwr run` exits 0 when the ServerApp fails; `fedsim run` asks the SuperLink and exits 1."""
+    overrides = ("strategy='bcd-qos' client-role='qos-cell' task='qos' dataset='qos-csv' partitioning='cells' "
+                 f"model='qos-mlp' num-clusters=2 data-clusters=2 data-dir='{tmp_path}' num-server-rounds=2")
+    proc = subprocess.run([*FEDSIM, "run", str(ROOT), "-n", "2", "-c", overrides], env=flower, capture_output=True,
+                          text=True, timeout=600)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 1, log[-3000:]
+    assert "no client could start" in log and "no CSV files" in log
+    assert "ended with status 'finished:failed'" in log
+
+
+@pytest.mark.slow
 def test_bad_config_reaching_the_server_app_stops_with_one_line(flower):
     """Bypassing `fedsim run`'s check, the ServerApp itself refuses the value before round 1."""
     proc = subprocess.run(

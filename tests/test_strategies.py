@@ -125,3 +125,14 @@ def test_no_client_able_to_start_stops_the_run_with_the_reason(loopback, monkeyp
     monkeypatch.setattr(LocalTrainRole, "describe", broken)
     with pytest.raises(RuntimeError, match="no client could start: .*data-dir '/data/x' does not exist"):
         loopback(num_nodes=3, data_clusters=3, num_clusters=3)
+
+
+def test_client_error_reasons_are_cut_to_one_line():
+    from strategies.base import short_reason
+
+    assert short_reason("<class 'ValueError'>:<'bad shape'>") == "ValueError: bad shape"
+    ray = ("<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m\n"
+           "  File \"x.py\", line 3, in f\n    raise FileNotFoundError(msg)\n"
+           "FileNotFoundError: no CSV files in '/d'\n\nflwr.clientapp.client_app.ClientAppException:\n'>")
+    assert short_reason(ray) == "FileNotFoundError: no CSV files in '/d'"
+    assert len(short_reason("x" * 1000)) == 300
