@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from logging import DEBUG, WARNING
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
@@ -30,6 +30,23 @@ from fedsim import protocol
 from fedsim.seeding import derive_seed
 
 _PURPOSE = {"train": 1, "evaluate": 2, "query": 3}
+
+
+def metrics_of(content: RecordDict) -> MetricRecord:
+    """The one MetricRecord of a screened reply's content."""
+    return next(iter(content.metric_records.values()))
+
+
+def arrays_of(content: RecordDict) -> ArrayRecord:
+    """The one ArrayRecord of a screened reply's content."""
+    return next(iter(content.array_records.values()))
+
+
+def unweighted_means(messages: list[Message], skip: str) -> dict[str, float]:
+    """Mean over the replies (one client, one vote) of every metric except ``skip``."""
+    per_client = [dict(metrics_of(m.content)) for m in messages]
+    keys = [k for k in per_client[0] if k != skip]
+    return {k: float(np.mean([c[k] for c in per_client])) for k in keys}
 
 
 def short_reason(reason: str, limit: int = 300) -> str:

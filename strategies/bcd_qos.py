@@ -48,7 +48,7 @@ from fedsim import bcd, protocol
 from fedsim.clustering import ari
 from fedsim.config import RunConfig
 from fedsim.seeding import model_seed
-from strategies.base import PartitionAwareMixin
+from strategies.base import PartitionAwareMixin, arrays_of, metrics_of, unweighted_means
 from strategies.clustered import join_models, split_models
 
 
@@ -212,8 +212,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
             self._has_base.update(m.metadata.src_node_id for m in valid)
             labels = self._labels()
             for c in range(self.num_columns):
-                group = [next(iter(m.content.array_records.values())) for m in valid
-                         if labels[m.metadata.src_node_id] == c]
+                group = [arrays_of(m.content) for m in valid if labels[m.metadata.src_node_id] == c]
                 if group:  # eq. (10): the uniform mean over the cluster's cells
                     self.heads[c] = ArrayRecord({name: Array(np.mean([g[name].numpy() for g in group], axis=0))
                                                  for name in group[0].keys()})
@@ -224,14 +223,12 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         row = {n: i for i, n in enumerate(self.cells)}
         for c in range(self.num_columns):
             weights = [self.a[row[m.metadata.src_node_id], c] for m in valid]
-            lipschitz = sum(w * next(iter(m.content.metric_records.values()))["lipschitz"]
-                            for w, m in zip(weights, valid))
+            lipschitz = sum(w * metrics_of(m.content)["lipschitz"] for w, m in zip(weights, valid))
             if lipschitz <= 0:
                 continue
             new = ArrayRecord()
             for name, array in self.heads[c].items():
-                grad = sum(w * next(iter(m.content.array_records.values()))[f"c{c}/{name}"].numpy()
-                           for w, m in zip(weights, valid))
+                grad = sum(w * arrays_of(m.content)[f"c{c}/{name}"].numpy() for w, m in zip(weights, valid))
                 new[name] = Array((array.numpy() - grad / lipschitz).astype(array.numpy().dtype))
             self.heads[c] = new
 
@@ -264,7 +261,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
                                     message_type=protocol.QUERY_LOSSES))
         replies = self.screen(grid.send_and_receive(messages), "losses", metric_keys=(protocol.LOSSES, "z"))
         self._has_base.update(m.metadata.src_node_id for m in replies)
-        by_node = {m.metadata.src_node_id: next(iter(m.content.metric_records.values())) for m in replies}
+        by_node = {m.metadata.src_node_id: metrics_of(m.content) for m in replies}
         z = self.a.copy()  # a cell that did not answer keeps its row
         losses = np.zeros_like(self.a)
         for i, node in enumerate(self.cells):
@@ -303,9 +300,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         valid = self.screen(replies, "evaluate")
         if not valid:
             return MetricRecord(self._round_metrics) if self._round_metrics else None
-        per_cell = [dict(next(iter(m.content.metric_records.values()))) for m in valid]
-        keys = [k for k in per_cell[0] if k != self.weighted_by_key]
-        out = {k: float(np.mean([c[k] for c in per_cell])) for k in keys}
+        out = unweighted_means(valid, self.weighted_by_key)
         out.update(self._round_metrics)
         return MetricRecord(out)
 

@@ -37,7 +37,7 @@ from flwr.supercore import log
 from fedsim import protocol
 from fedsim.clustering import ari
 from fedsim.seeding import derive_seed, model_seed
-from strategies.base import PartitionAwareMixin
+from strategies.base import PartitionAwareMixin, arrays_of, metrics_of, unweighted_means
 
 
 def join_models(models: list[ArrayRecord]) -> ArrayRecord:
@@ -213,8 +213,8 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
 
     def gradient_step(self, model: ArrayRecord, group: list[RecordDict], num_participants: int) -> ArrayRecord:
         """CLoVE Option II: ``theta - server_lr * sum(n_i g_i) / sum(n_i)`` over the model's clients."""
-        weights = np.array([float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in group])
-        grads = [next(iter(c.array_records.values())) for c in group]
+        weights = np.array([float(metrics_of(c)[self.weighted_by_key]) for c in group])
+        grads = [arrays_of(c) for c in group]
         return self._step(model, grads, weights / weights.sum())
 
     def _step(self, model: ArrayRecord, grads: list[ArrayRecord], coefficients: np.ndarray) -> ArrayRecord:
@@ -245,12 +245,9 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
         valid = self.screen(replies, "evaluate")
         if not valid:
             return None
-        per_client = [dict(next(iter(m.content.metric_records.values()))) for m in valid]
-        keys = [k for k in per_client[0] if k != self.weighted_by_key]
-        out = {k: float(np.mean([c[k] for c in per_client])) for k in keys}
+        out = unweighted_means(valid, self.weighted_by_key)
         model_of = [self._evaluated[m.metadata.src_node_id] for m in valid]
         for j in sorted(set(model_of)):
-            members = [c for c, mj in zip(per_client, model_of) if mj == j]
-            for k in keys:
-                out[f"model-{j}-{k}"] = float(np.mean([c[k] for c in members]))
+            members = [m for m, mj in zip(valid, model_of) if mj == j]
+            out.update({f"model-{j}-{k}": v for k, v in unweighted_means(members, self.weighted_by_key).items()})
         return MetricRecord(out)

@@ -18,6 +18,7 @@ from flwr.app import ArrayRecord, RecordDict
 
 from fedsim.clustering import ifca_assign
 from fedsim.config import RunConfig
+from strategies.base import arrays_of
 from strategies.clustered import ClusteredStrategy
 
 
@@ -30,7 +31,7 @@ class IFCA(ClusteredStrategy):
 
     def gradient_step(self, model: ArrayRecord, group: list[RecordDict], num_participants: int) -> ArrayRecord:
         """IFCA's gradient averaging: the sum of the model's gradients divided by all participants."""
-        grads = [next(iter(c.array_records.values())) for c in group]
+        grads = [arrays_of(c) for c in group]
         return self._step(model, grads, np.full(len(grads), 1.0 / num_participants))
 
 
