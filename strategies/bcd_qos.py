@@ -39,8 +39,7 @@ from logging import INFO, WARNING
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from clients.qos_cell import BASE, PHASE, split_base_head
@@ -48,8 +47,9 @@ from fedsim import bcd, protocol
 from fedsim.clustering import ari
 from fedsim.config import RunConfig
 from fedsim.seeding import model_seed
-from strategies.base import PartitionAwareMixin, arrays_of, metrics_of, unweighted_means
+from strategies.base import arrays_of, metrics_of, unweighted_means
 from strategies.clustered import join_models, split_models
+from strategies.fedavg import FedAvg
 
 
 def pack(base: ArrayRecord, heads: list[ArrayRecord]) -> ArrayRecord:
@@ -71,8 +71,8 @@ def unpack(packed: ArrayRecord) -> tuple[ArrayRecord, list[ArrayRecord]]:
     return base, split_models(heads)
 
 
-class BcdQoS(PartitionAwareMixin, Strategy):
-    """FedAvg pre-training, then BCD over (A, cluster heads).
+class BcdQoS(FedAvg):
+    """FedAvg pre-training (fedsim's :class:`~strategies.fedavg.FedAvg`), then BCD over (A, cluster heads).
 
     Parameters
     ----------
@@ -98,7 +98,8 @@ class BcdQoS(PartitionAwareMixin, Strategy):
                  beta: float = 0.03, eta: float = 80.0, initial_clusters: int = 6, seed: int = 0,
                  min_available_nodes: int = 2, online: bool = False, offline_iterations: int = 10,
                  online_start_h: float = 48.0, freeze_after: int = 0) -> None:
-        PartitionAwareMixin.__init__(self, seed=seed, min_available_nodes=min_available_nodes)
+        super().__init__(seed=seed, fraction_train=1.0, fraction_evaluate=1.0, min_train_nodes=1,
+                         min_evaluate_nodes=1, min_available_nodes=min_available_nodes)
         if mode not in ("paper", "theory"):
             raise ValueError(f"mode must be 'paper' or 'theory', not '{mode}'")
         self.num_columns = num_columns
@@ -114,7 +115,6 @@ class BcdQoS(PartitionAwareMixin, Strategy):
         self.base = ArrayRecord()
         self.heads: list[ArrayRecord] = []
         self.global_head = ArrayRecord()
-        self._sent = ArrayRecord()
         self._has_base: set[int] = set()
         self._round_metrics: dict = {}
 
@@ -165,14 +165,12 @@ class BcdQoS(PartitionAwareMixin, Strategy):
     # -- Block 1 ------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Pre-training: the full model to every cell. BCD: each cell's head (paper) or every head (theory)."""
-        nodes = self.sample_nodes(grid, server_round, 1.0, 1, "train")
-        config[protocol.SERVER_ROUND] = server_round
+        """Pre-training: FedAvg's messages. BCD: each cell's head (paper) or every head (theory)."""
         self._round_metrics = {}
         if server_round <= self.pretrain_rounds:
-            self._sent = arrays
-            content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
-            return [Message(content, dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+            return super().configure_train(server_round, arrays, config, grid)
+        nodes = self.sample_nodes(grid, server_round, self.fraction_train, self.min_train_nodes, "train")
+        config[protocol.SERVER_ROUND] = server_round
         if self.a is None:
             self._start_bcd(arrays)
         else:
@@ -196,12 +194,7 @@ class BcdQoS(PartitionAwareMixin, Strategy):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """FedAvg while pre-training; then uniform per-cluster means (paper) or the exact step (theory)."""
         if server_round <= self.pretrain_rounds:
-            valid = self.screen(replies, "train", expect_arrays=self._sent)
-            if not valid:
-                return None, None
-            contents = [m.content for m in valid]
-            return (aggregate_arrayrecords(contents, self.weighted_by_key),
-                    MetricRecord(_drop_weight(aggregate_metricrecords(contents, self.weighted_by_key))))
+            return super().aggregate_train(server_round, replies)
         if self.mode == "theory":
             expected = join_models(self.heads)
             valid = self.screen(replies, "train", expect_arrays=expected, metric_keys=("lipschitz",))
@@ -236,11 +229,10 @@ class BcdQoS(PartitionAwareMixin, Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """BCD rounds: the assignment step first; then every cell is evaluated with its cluster's head."""
-        nodes = self.sample_nodes(grid, server_round, 1.0, 1, "evaluate")
-        config[protocol.SERVER_ROUND] = server_round
         if server_round <= self.pretrain_rounds:
-            content = RecordDict({protocol.ARRAYS: arrays, protocol.CONFIG: config})
-            return [Message(content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+            return super().configure_evaluate(server_round, arrays, config, grid)
+        nodes = self.sample_nodes(grid, server_round, self.fraction_evaluate, self.min_evaluate_nodes, "evaluate")
+        config[protocol.SERVER_ROUND] = server_round
         self.base, self.heads = unpack(arrays)
         config = self._bcd_config(server_round, config)
         frozen = 0 < self.freeze_after < server_round - self.pretrain_rounds
