@@ -68,16 +68,27 @@ class LocalTrainRole:
 
     def fit(self, model: torch.nn.Module, data: ClientData, server_round: int, partition_id: int) -> float:
         """Run the configured local epochs; return the mean training loss."""
+        model.train()
+        optimiser = torch.optim.Adam if self.config.optimizer == "adam" else torch.optim.SGD
+        return self.run_epochs(model.parameters(), optimiser, data.num_train, server_round, partition_id,
+                               lambda idx: self.task.example_losses(model, data.x_train[idx], data.y_train[idx]))
+
+    def run_epochs(self, parameters, optimiser_class, num_examples: int, server_round: int, partition_id: int,
+                   batch_losses) -> float:
+        """``local-epochs`` of shuffled mini-batches; return the mean training loss.
+
+        ``batch_losses(idx)`` gives the per-example losses of the examples ``idx``;
+        the shuffling is seeded by ``(seed, partition, round)``.
+        """
         cfg = self.config
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, partition_id, server_round))
-        optimiser = (torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD)(model.parameters(), lr=cfg.lr)
-        model.train()
+        optimiser = optimiser_class(parameters, lr=cfg.lr)
         total, count = 0.0, 0
         for _ in range(cfg.local_epochs):
-            order = torch.randperm(data.num_train, generator=gen)
-            for start in range(0, data.num_train, cfg.batch_size):
+            order = torch.randperm(num_examples, generator=gen)
+            for start in range(0, num_examples, cfg.batch_size):
                 idx = order[start : start + cfg.batch_size]
-                loss = self.task.example_losses(model, data.x_train[idx], data.y_train[idx]).mean()
+                loss = batch_losses(idx).mean()
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 optimiser.step()

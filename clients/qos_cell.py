@@ -33,7 +33,6 @@ from clients.local_train import LocalTrainRole
 from fedsim import protocol
 from fedsim.data.federation import ClientData
 from fedsim.data.qos import FEATURES, HORIZON_WINDOWS, KPIS, WINDOW_S, Federation, decode_gaussian, load_federation
-from fedsim.seeding import derive_seed
 
 BASE = "base"
 """RecordDict entry (and node-state entry) of the frozen base."""
@@ -174,23 +173,11 @@ class QosCellRole(LocalTrainRole):
         model = self.head_model(base, msg.content[protocol.ARRAYS])
         target = model.standardise_targets(y_train)
         head = model.head
-        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, protocol.partition_of(context)[0],
-                                                        int(config[protocol.SERVER_ROUND])))
-        optimiser = torch.optim.Adam(head.parameters(), lr=self.config.lr)
-        total = 0.0
-        for _ in range(self.config.local_epochs):
-            order = torch.randperm(len(phi), generator=gen)
-            for start in range(0, len(phi), self.config.batch_size):
-                idx = order[start : start + self.config.batch_size]
-                loss = ((head(phi[idx]) - target[idx]) ** 2).mean()
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += loss.item() * len(idx)
+        loss = self.run_epochs(head.parameters(), torch.optim.Adam, len(phi), int(config[protocol.SERVER_ROUND]),
+                               protocol.partition_of(context)[0], lambda idx: (head(phi[idx]) - target[idx]) ** 2)
         reply = RecordDict({
             protocol.ARRAYS: ArrayRecord({k: v for k, v in model.state_dict().items() if k in HEAD_KEYS}),
-            protocol.METRICS: MetricRecord({protocol.TRAIN_LOSS: total / (len(phi) * self.config.local_epochs),
-                                            protocol.NUM_EXAMPLES: len(phi)}),
+            protocol.METRICS: MetricRecord({protocol.TRAIN_LOSS: loss, protocol.NUM_EXAMPLES: len(phi)}),
         })
         return Message(reply, reply_to=msg)
 
