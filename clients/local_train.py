@@ -78,11 +78,19 @@ class LocalTrainRole:
         """``local-epochs`` of shuffled mini-batches; return the mean training loss.
 
         ``batch_losses(idx)`` gives the per-example losses of the examples ``idx``;
-        the shuffling is seeded by ``(seed, partition, round)``.
+        the shuffling is seeded by ``(seed, partition, round)``, and so is the global
+        torch generator during the epochs (dropout and other random layers draw from
+        it), so the result does not depend on what the process ran before.
         """
         cfg = self.config
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, partition_id, server_round))
         optimiser = optimiser_class(parameters, lr=cfg.lr)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(cfg.seed, partition_id, server_round, 1))
+            return self._epochs(optimiser, gen, num_examples, batch_losses)
+
+    def _epochs(self, optimiser, gen: torch.Generator, num_examples: int, batch_losses) -> float:
+        cfg = self.config
         total, count = 0.0, 0
         for _ in range(cfg.local_epochs):
             order = torch.randperm(num_examples, generator=gen)

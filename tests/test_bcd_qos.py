@@ -148,3 +148,12 @@ def test_a_cell_without_usable_data_sits_out_and_the_others_go_on(monkeypatch):
     assert len(strategy.cells) == 11 and strategy.a.shape == (11, 12)
     reasons = [e["reason"] for e in result["rounds"][0]["events"]]
     assert any("cell 6 has no usable QoS samples" in r for r in reasons)
+
+
+def test_runs_with_dropout_do_not_depend_on_the_process_history():
+    """The QoS MLP has dropout: local training must seed it, or a run depends on what ran before."""
+    first, _, _ = _run(**{"num-server-rounds": 2})
+    torch.rand(1000)  # move the global generator, as any earlier work in the process would
+    second, _, _ = _run(**{"num-server-rounds": 2})
+    strip = [{k: v for k, v in r.items() if k not in ("round-time", "elapsed")} for r in first["rounds"]]
+    assert strip == [{k: v for k, v in r.items() if k not in ("round-time", "elapsed")} for r in second["rounds"]]
