@@ -28,6 +28,8 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from flwr.common.config import flatten_dict
+
 from fedsim.config import ConfigError, RunConfig
 
 
@@ -91,18 +93,10 @@ def read_preset(path: Path) -> dict[str, Any]:
         raise UsageError(f"preset '{path}' does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"preset '{path}' is not valid TOML: {err}") from None
-    return _flatten(data)
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+    try:
+        return flatten_dict(data)  # as `flwr run` reads a run-config file
+    except ValueError as err:
+        raise UsageError(f"preset '{path}': {err}") from None
 
 
 def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
@@ -117,7 +111,7 @@ def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str])
         chosen.update(read_preset(preset))
     for text in overrides:
         chosen.update(parse_overrides(text))
-    config = RunConfig.from_mapping({**_flatten(defaults), **chosen})
+    config = RunConfig.from_mapping({**flatten_dict(defaults), **chosen})
     from fedsim.data.sources import check_available
 
     check_available(config.dataset, config.data_dir)

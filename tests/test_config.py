@@ -73,6 +73,10 @@ def test_malformed_preset_is_one_clear_error(tmp_path):
         read_preset(bad)
     with pytest.raises(UsageError, match="does not exist"):
         read_preset(tmp_path / "missing.toml")
+    listed = tmp_path / "list.toml"
+    listed.write_text("lr = [0.1, 0.2]\n")
+    with pytest.raises(UsageError, match="list.toml': The value for key lr"):
+        read_preset(listed)
 
 
 def test_every_shipped_preset_validates():
