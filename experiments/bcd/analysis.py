@@ -39,25 +39,38 @@ def load(run_dir: Path) -> tuple[RunConfig, list[dict], dict[str, np.ndarray]]:
     return RunConfig.from_mapping(config), rounds, arrays
 
 
-def cell_statistics(config: RunConfig, arrays: dict[str, np.ndarray]):
-    """Per cell: G_i = Phi^T Phi / (n m), b_i = Phi^T Y / (n m), c_i = |Y|^2 / (n m) on the frozen base."""
+def head_design(config: RunConfig, arrays: dict[str, np.ndarray], splits=("train",)):
+    """Every cell's regression problem for a head on the run's frozen base.
+
+    Returns the federation and, per split, ``(features with a bias column, standardised targets)``
+    lists over the cells (float64).
+    """
     model = QosMLP()
     base = {k[len("base/"):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("base/")}
     model.load_state_dict(base, strict=False)
     model.eval()
     fed = load_federation(12, config.qos_days, config.qos_samples_per_window, config.seed, config.qos_drift,
-                          config.qos_noise_scale, "")
-    stats = []
+                          config.qos_noise_scale, "", config.qos_radio_map)
+    out = {split: ([], []) for split in splits}
     with torch.no_grad():
         for cell in fed.cells:
-            train = cell.split == "train"
-            x = torch.as_tensor(cell.x[train], dtype=torch.float32)
-            y = model.standardise_targets(torch.as_tensor(cell.y[train], dtype=torch.float32)).double().numpy()
-            phi = np.column_stack([model.features(x).double().numpy(), np.ones(len(y))])
-            scale = 1.0 / (len(y) * y.shape[1])
-            stats.append((phi.T @ phi * scale, phi.T @ y * scale, float(np.sum(y**2)) * scale))
-    kernel = bcd.bhattacharyya_kernel(fed.means, fed.covs)
-    return stats, kernel, fed.regimes
+            for split in splits:
+                rows = cell.split == split
+                x = torch.as_tensor(cell.x[rows], dtype=torch.float32)
+                y = model.standardise_targets(torch.as_tensor(cell.y[rows], dtype=torch.float32)).double().numpy()
+                out[split][0].append(np.column_stack([model.features(x).double().numpy(), np.ones(len(y))]))
+                out[split][1].append(y)
+    return fed, out
+
+
+def cell_statistics(config: RunConfig, arrays: dict[str, np.ndarray]):
+    """Per cell: G_i = Phi^T Phi / (n m), b_i = Phi^T Y / (n m), c_i = |Y|^2 / (n m) on the frozen base."""
+    fed, design = head_design(config, arrays)
+    stats = []
+    for phi, y in zip(*design["train"]):
+        scale = 1.0 / (len(y) * y.shape[1])
+        stats.append((phi.T @ phi * scale, phi.T @ y * scale, float(np.sum(y**2)) * scale))
+    return stats, bcd.bhattacharyya_kernel(fed.means, fed.covs), fed.regimes
 
 
 def subset_cost_fn(stats, kernel, lam, beta, ridge=1e-8):

@@ -12,38 +12,19 @@ form on the cluster's training data. Prints a table and the best setting.
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
-import torch
+from analysis import head_design, load  # the sibling script: same frozen-base features
 
 from fedsim import bcd
-from fedsim.config import RunConfig
-from fedsim.data.qos import load_federation
-from fedsim.models import QosMLP
 
 
 def cell_features(run_dir: Path):
-    config = RunConfig.from_mapping(json.loads((run_dir / "config.json").read_text()))
-    arrays = dict(np.load(run_dir / "final_arrays.npz"))
-    model = QosMLP()
-    model.load_state_dict({k[5:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("base/")},
-                          strict=False)
-    model.eval()
-    fed = load_federation(12, config.qos_days, config.qos_samples_per_window, config.seed, config.qos_drift,
-                          config.qos_noise_scale, "")
-    out = {"train": ([], []), "val": ([], [])}
-    with torch.no_grad():
-        for cell in fed.cells:
-            for split in out:
-                rows = cell.split == split
-                x = torch.as_tensor(cell.x[rows], dtype=torch.float32)
-                y = model.standardise_targets(torch.as_tensor(cell.y[rows], dtype=torch.float32)).double().numpy()
-                out[split][0].append(np.column_stack([model.features(x).double().numpy(), np.ones(len(y))]))
-                out[split][1].append(y)
+    config, _, arrays = load(run_dir)
+    fed, design = head_design(config, arrays, splits=("train", "val"))
     d = bcd.laplacian(bcd.bhattacharyya_kernel(fed.means, fed.covs))
-    return config, out, d, fed.regimes
+    return config, design, d, fed.regimes
 
 
 def refit(feats, targets, members, ridge=1e-6):
