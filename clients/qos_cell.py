@@ -289,11 +289,7 @@ def _all_rows(role: QosCellRole, pid: int, num_partitions: int) -> tuple[torch.T
 def _cell_tensors(role: QosCellRole, pid: int, num_partitions: int) -> ClientData:
     fed = role.federation(num_partitions)
     cell = fed.cells[pid]
-    train, test = cell.split == "train", cell.split == "test"
-
-    def t(a):
-        return torch.as_tensor(a, dtype=torch.float32)
-
-    return ClientData(x_train=t(cell.x[train]), y_train=t(cell.y[train]), x_test=t(cell.x[test]),
-                      y_test=t(cell.y[test]), cluster=int(fed.regimes[pid]))
-
+    x, y = _all_rows(role, pid, num_partitions)
+    train, test = torch.as_tensor(cell.split == "train"), torch.as_tensor(cell.split == "test")
+    return ClientData(x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test],
+                      cluster=int(fed.regimes[pid]))
