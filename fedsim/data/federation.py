@@ -64,11 +64,6 @@ def load_client_data(config: RunConfig, partition_id: int, num_partitions: int) 
     return _client_data(key, partition_id, num_partitions)
 
 
-def build_partitioner(config: RunConfig, num_partitions: int):
-    """Return the configured partitioner with its dataset assigned (cached)."""
-    return _partitioner(tuple(getattr(config, k) for k in DATA_KEYS), num_partitions)
-
-
 @lru_cache(maxsize=8)
 def _partitioner(key: tuple, num_partitions: int):
     cfg = dict(zip(DATA_KEYS, key))
