@@ -61,7 +61,7 @@ class QosCellRole(LocalTrainRole):
         cfg = self.config
         csv_dir = cfg.data_dir if cfg.dataset == "qos-csv" else ""
         return load_federation(num_partitions, cfg.qos_days, cfg.qos_samples_per_window, cfg.seed, cfg.qos_drift,
-                               cfg.qos_noise_scale, csv_dir, cfg.qos_radio_map)
+                               cfg.qos_noise_scale, csv_dir, cfg.qos_radio_map, cfg.qos_regimes)
 
     def data(self, context: Context) -> ClientData:
         """Train and test tensors of this cell (inputs raw; the model standardises)."""

@@ -50,7 +50,7 @@ def head_design(config: RunConfig, arrays: dict[str, np.ndarray], splits=("train
     model.load_state_dict(base, strict=False)
     model.eval()
     fed = load_federation(12, config.qos_days, config.qos_samples_per_window, config.seed, config.qos_drift,
-                          config.qos_noise_scale, "", config.qos_radio_map)
+                          config.qos_noise_scale, "", config.qos_radio_map, config.qos_regimes)
     out = {split: ([], []) for split in splits}
     with torch.no_grad():
         for cell in fed.cells:
