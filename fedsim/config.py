@@ -79,8 +79,50 @@ class RunConfig:
         is one 15-minute update period starting at ``qos-online-start-h``; cells
         train on the last ``qos-history-h`` hours, are tested on the next hour and
         report their latest window's Gaussian, from which D is rebuilt.
+    deploy_after : int
+        ``fedavg-deploy``: rounds of FedAvg training; every later round is a
+        deployment round (one on-device episode per client, no training).
+    la_train_channel, la_train_doppler_hz, la_train_correlation, la_csi_period_ms
+        ``link-adaptation`` offline distribution D1 (paper: TDL-A30, 10 Hz, low
+        antenna correlation, 80 ms CSI-RS period; the period applies to deployment too).
+    la_train_snr_min_db, la_train_snr_max_db, la_train_periods, la_train_on
+        Offline SNR range (paper: 0-12 dB), offline CSI-RS periods per UE, and
+        whether UEs train on D1 (``d1``, the paper) or on their own deployment
+        channel (``deployment``).
+    la_ues : str
+        Deployment channel of each UE, comma-separated ``<TDL-name>@<Doppler Hz>[/<correlation>]``
+        entries (cycled over the UEs), e.g. ``TDL-B100@50/low``.
+    la_test_snr_db : str
+        Comma-separated SNR points; deployment episode k runs at point k (cycled).
+    la_periods : int
+        CSI-RS periods per deployment episode.
+    la_prediction_stream : str
+        Decisions of the prediction-error episodes: ``explore`` ((rank, CQI)
+        randomised around the table choice, like the offline data) or ``olla``.
+    la_olla : str
+        Baseline outer loop: ``per-cqi`` thresholds (the paper's description) or ``global`` offset.
+    la_link_policies : str
+        Comma-separated policies run with the ``lt-variant`` tuner besides OLLA:
+        ``cqi-tune``, ``ri-cqi-tune`` (empty: none).
+    lt_variants : str
+        Comma-separated predictors run under OLLA in every episode (prediction
+        error): ``frozen``, ``one-step``, ``adam``, ``sgd``, ``backprop``.
+    lt_variant, lt_sampling, lt_delta, lt_lr, lt_layers
+        LightTune for CQI-Tune / RI-CQI-Tune: variant, negative sampling
+        (``uniform``/``hard``), trigger threshold delta, online step alpha_f, and
+        which layers are tuned (``all``/``last``).
+    lt_reset : str
+        ``episode``: every deployment episode starts from the global model (digest
+        A12); ``never``: the adapted model carries over (node state).
+    lt_send_back : bool
+        Deployment rounds also send the adapted models back for FedAvg (continual FL).
+    ff_hidden, ff_threshold, ff_goodness, ff_layer_norm, ff_goodness_layers, ff_label_encoding
+        Forward-forward model (:class:`fedsim.forward_forward.FFSpec`): hidden widths
+        (``"32,32"``), goodness threshold T, per-``neuron`` or ``mean`` goodness,
+        L2-normalised layer inputs, goodness of the ``last`` or ``all`` layers,
+        ``scalar`` or ``onehot`` label.
     model : str
-        ``mlp``, ``cnn``, ``autoencoder`` or ``linear``.
+        ``mlp``, ``cnn``, ``autoencoder``, ``linear``, ``qos-mlp`` or ``ff-mlp``.
     hidden_size : int
         Width of the hidden layer(s).
     num_server_rounds : int
@@ -175,6 +217,35 @@ class RunConfig:
     qos_online: bool = False
     qos_online_start_h: float = 48.0
     qos_history_h: float = 24.0
+    deploy_after: int = 10
+    la_train_channel: str = "TDL-A30"
+    la_train_doppler_hz: float = 10.0
+    la_train_correlation: str = "low"
+    la_csi_period_ms: int = 80
+    la_train_snr_min_db: float = 0.0
+    la_train_snr_max_db: float = 12.0
+    la_train_periods: int = 2000
+    la_train_on: str = "d1"
+    la_ues: str = "TDL-A30@10,TDL-B50@30,TDL-B100@50,TDL-C200@50"
+    la_test_snr_db: str = "0,8,16,24,32,40"
+    la_periods: int = 150
+    la_prediction_stream: str = "explore"
+    la_olla: str = "per-cqi"
+    la_link_policies: str = "cqi-tune,ri-cqi-tune"
+    lt_variants: str = "frozen,one-step,adam,backprop"
+    lt_variant: str = "one-step"
+    lt_sampling: str = "uniform"
+    lt_delta: float = 0.3
+    lt_lr: float = 0.03
+    lt_layers: str = "all"
+    lt_reset: str = "episode"
+    lt_send_back: bool = False
+    ff_hidden: str = "32,32"
+    ff_threshold: float = 9.0
+    ff_goodness: str = "mean"
+    ff_layer_norm: bool = True
+    ff_goodness_layers: str = "all"
+    ff_label_encoding: str = "onehot"
     model: str = "mlp"
     hidden_size: int = 64
     num_server_rounds: int = 20
@@ -251,6 +322,17 @@ class RunConfig:
         _choice("partitioning", self.partitioning, PARTITIONINGS)
         _choice("model", self.model, MODELS)
         _choice("qos-regimes", self.qos_regimes, ("latent", "digest"))
+        _choice("la-train-correlation", self.la_train_correlation, ("low", "medium", "high"))
+        _choice("la-train-on", self.la_train_on, ("d1", "deployment"))
+        _choice("la-olla", self.la_olla, ("per-cqi", "global"))
+        _choice("la-prediction-stream", self.la_prediction_stream, ("explore", "olla"))
+        _choice("lt-variant", self.lt_variant, ("one-step", "adam", "sgd", "backprop", "frozen"))
+        _choice("lt-sampling", self.lt_sampling, ("uniform", "hard"))
+        _choice("lt-layers", self.lt_layers, ("all", "last"))
+        _choice("lt-reset", self.lt_reset, ("episode", "never"))
+        _choice("ff-goodness", self.ff_goodness, ("neuron", "mean"))
+        _choice("ff-goodness-layers", self.ff_goodness_layers, ("last", "all"))
+        _choice("ff-label-encoding", self.ff_label_encoding, ("scalar", "onehot"))
         _choice("optimizer", self.optimizer, ("adam", "sgd"))
         _choice("embedding", self.embedding, ("loss", "sqrt-loss"))
         _choice("clustering", self.clustering, ("kmeans", "agglomerative"))
@@ -274,6 +356,11 @@ class RunConfig:
         if self.dataset == "vehicular-qos" and self.qos_online and self.qos_online_start_h + 1 >= 24 * self.qos_days:
             raise ConfigError(f"qos-online-start-h = {self.qos_online_start_h} leaves no hour to test on in "
                               f"qos-days = {self.qos_days} days: start before hour {24 * self.qos_days - 1}")
+        if (self.dataset == "link-adaptation") != (self.partitioning == "ues"):
+            raise ConfigError("partitioning = 'ues' goes with dataset = 'link-adaptation' and only with it")
+        if self.strategy == "fedavg-deploy" and self.deploy_after >= self.num_server_rounds:
+            raise ConfigError(f"deploy-after = {self.deploy_after} leaves no deployment round in "
+                              f"num-server-rounds = {self.num_server_rounds}")
         if (self.dataset == "mixed-linear") != (self.partitioning == "mixed-linear"):
             raise ConfigError("dataset = 'mixed-linear' goes with partitioning = 'mixed-linear' and only with it")
         registry.tasks.get(self.task).check_config(self)
@@ -281,7 +368,7 @@ class RunConfig:
     def warnings(self) -> list[str]:
         """Legal but probably unintended combinations, one line each."""
         out = []
-        single_model = self.strategy in ("fedavg", "local-only")
+        single_model = self.strategy in SINGLE_MODEL_STRATEGIES
         if (self.partitioning in CLUSTERED_PARTITIONINGS and not single_model and not self.estimate_k
                 and self.partitioning != "cells" and self.num_clusters != self.data_clusters):
             out.append(f"num-clusters = {self.num_clusters} models for data with data-clusters = "
@@ -296,7 +383,7 @@ class RunConfig:
         ConfigError
             If more clusters or ground-truth clusters than clients are asked for.
         """
-        if self.num_clusters > num_clients:
+        if self.strategy not in SINGLE_MODEL_STRATEGIES and self.num_clusters > num_clients:
             raise ConfigError(
                 f"num-clusters = {self.num_clusters} is more than the {num_clients} clients of this federation"
             )
@@ -306,12 +393,14 @@ class RunConfig:
             )
 
 
+SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy")
+"""Built-in strategies without clusters (``num-clusters`` does not apply)."""
 OFFLINE_DATASETS = ("digits", "mnist-5k")
 LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10", "qos-csv")
-DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos")
+DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation")
 CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear", "cells")
-PARTITIONINGS = ("iid", "dirichlet", "pathological") + CLUSTERED_PARTITIONINGS
-MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp")
+PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues") + CLUSTERED_PARTITIONINGS
+MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp", "ff-mlp")
 
 
 def _positive(x: float) -> bool:
@@ -340,6 +429,13 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("bcd_offline_iterations", lambda x: x >= 0, "non-negative"),
     ("bcd_freeze_after", lambda x: x >= 0, "non-negative (0 = never)"),
     ("qos_history_h", _positive, "positive"),
+    ("deploy_after", lambda x: x >= 1, "at least 1"),
+    ("la_train_periods", lambda x: x >= 10, "at least 10"),
+    ("la_periods", lambda x: x >= 1, "at least 1"),
+    ("la_csi_period_ms", lambda x: x in (10, 40, 80), "10, 40 or 80"),
+    ("lt_delta", _positive, "positive"),
+    ("lt_lr", _positive, "positive"),
+    ("ff_threshold", _positive, "positive"),
     ("qos_online_start_h", lambda x: x >= 1, "at least 1 (hours of history)"),
     ("bcd_lambda", lambda x: x >= 0, "non-negative"),
     ("bcd_beta", lambda x: x >= 0, "non-negative"),

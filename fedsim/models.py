@@ -125,3 +125,23 @@ class QosMLP(nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction in the modelling domain (``[mu, log-diagonal Cholesky]``)."""
         return self.forward(x) * self.y_std + self.y_mean
+
+
+class FFModel(nn.Module):
+    """Parameter container of a forward-forward MLP (LightTune, paper 003).
+
+    The maths is numpy (:mod:`fedsim.forward_forward`); this module only holds
+    the layers ``layers.<l>`` (``Theta_l``, shape ``(M_l, M_{l-1} + 1)``, bias in
+    the last column, float64) and the feature standardisation buffers, so that
+    FedAvg and the run's results treat it like any other model.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], num_features: int) -> None:
+        super().__init__()
+        self.layers = nn.ParameterList()
+        for fan_in, width in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(fan_in)  # torch.nn.Linear's default range
+            layer = torch.empty(width, fan_in + 1, dtype=torch.float64).uniform_(-bound, bound)
+            self.layers.append(nn.Parameter(layer))
+        self.register_buffer("x_mean", torch.zeros(num_features, dtype=torch.float64))
+        self.register_buffer("x_std", torch.ones(num_features, dtype=torch.float64))

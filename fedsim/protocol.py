@@ -23,6 +23,8 @@ CLUSTER_ID = "cluster-id"
 """Index of the model a clustered strategy assigned to the client this round."""
 UPDATE = "update"
 """What a train reply carries: ``"model"`` (new weights, default) or ``"gradient"`` (full-batch gradient)."""
+DEPLOY_EPISODE = "deploy-episode"
+"""Deployment rounds (``fedavg-deploy``): the 1-based index of the on-device episode this round runs."""
 STABILITY_WINDOW = "stability-window"
 """Rounds of unchanged assignment after which a client reports itself stable (CLoVE)."""
 

@@ -95,12 +95,14 @@ strategies = Registry(
         "ifca": "strategies.ifca:build",
         "local-only": "strategies.local_only:build",
         "bcd-qos": "strategies.bcd_qos:build",
+        "fedavg-deploy": "strategies.deployment:build",
     },
 )
 client_roles = Registry(
     "client role",
     "fedsim.clients",
-    {"local-train": "clients.local_train:LocalTrainRole", "qos-cell": "clients.qos_cell:QosCellRole"},
+    {"local-train": "clients.local_train:LocalTrainRole", "qos-cell": "clients.qos_cell:QosCellRole",
+     "lighttune": "clients.lighttune:LightTuneRole"},
 )
 tasks = Registry(
     "task",
@@ -110,5 +112,6 @@ tasks = Registry(
         "reconstruction": "fedsim.tasks:ReconstructionTask",
         "regression": "fedsim.tasks:RegressionTask",
         "qos": "fedsim.tasks:QosTask",
+        "bler": "fedsim.tasks:BlerTask",
     },
 )

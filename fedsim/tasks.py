@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsim.config import ConfigError, RunConfig
-from fedsim.models import MLP, AutoEncoder, LinearRegressor, QosMLP, SmallCNN
+from fedsim.models import MLP, AutoEncoder, FFModel, LinearRegressor, QosMLP, SmallCNN
 
 INPUT_SHAPES = {
     "digits": (1, 8, 8),
@@ -201,3 +201,41 @@ class QosTask(Task):
 
     def example_losses(self, model, x, y):
         return ((model(x) - model.standardise_targets(y)) ** 2).mean(1)
+
+
+class BlerTask(Task):
+    """Short-term BLER prediction for link adaptation with a forward-forward MLP (LightTune, paper 003).
+
+    The model is an :class:`~fedsim.models.FFModel`; training, prediction and
+    the online fine-tuning are the ``lighttune`` client role's (numpy, closed-form
+    local gradients). Features are standardised with the federation's pooled
+    offline moments, which the UEs report in their self-description and
+    :meth:`calibrate` writes into the model's buffers before round 1.
+    """
+
+    models = ("ff-mlp",)
+    metric = "bler-error"
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.dataset != "link-adaptation" or config.client_role != "lighttune":
+            raise ConfigError("task = 'bler' needs dataset = 'link-adaptation' and client-role = 'lighttune'")
+        from clients.lighttune import check_run_config
+
+        check_run_config(config)
+
+    def build_model(self) -> nn.Module:
+        from clients.lighttune import ff_spec
+        from fedsim.data.link_env import FEATURE_NAMES
+
+        spec = ff_spec(self.config, len(FEATURE_NAMES))
+        return FFModel(spec.sizes, spec.num_features)
+
+    def calibrate(self, model: nn.Module, infos: list[dict]) -> None:
+        """Set the feature standardisation from the UEs' moments (count, sums, sums of squares)."""
+        count = sum(float(i["la-count"]) for i in infos)
+        mean = sum(np.asarray(i["la-x-sum"]) for i in infos) / count
+        var = sum(np.asarray(i["la-x-sumsq"]) for i in infos) / count - mean**2
+        model.x_mean.copy_(torch.as_tensor(mean, dtype=torch.float64))
+        model.x_std.copy_(torch.as_tensor(np.sqrt(np.maximum(var, 0.0)) + 1e-6, dtype=torch.float64))
