@@ -11,6 +11,7 @@ from fedsim.forward_forward import (
     check_params,
     class_scores,
     encode,
+    forward,
     init_params,
     layer_losses,
     local_gradients,
@@ -170,3 +171,21 @@ def test_the_mean_goodness_variant_learns_an_ordinal_toy_better_than_the_majorit
     majority = np.bincount(label[:2000]).argmax()
     mae = np.abs(pred - label[2000:]).mean()
     assert mae < 0.6 * np.abs(majority - label[2000:]).mean()
+
+
+def test_sgd_on_the_last_layer_satisfies_the_descent_lemma_of_theorem_1():
+    """Lemma 5 / eq. 64: with alpha < 1/rho_L (eq. 17, B_h measured), L(theta+) <= L(theta) - alpha/2 |grad|^2."""
+    rng = np.random.default_rng(11)
+    spec = FFSpec.paper(12)
+    for _ in range(50):
+        thetas = init_params(spec, rng)
+        x = rng.normal(size=(1, 12))
+        z_pos, z_neg = encode(spec, x, [rng.integers(10)]), encode(spec, x, [rng.integers(10)])
+        grad = local_gradients(spec, thetas, z_pos, z_neg, layers="last")[-1]
+        b_h = max(np.linalg.norm(h) for z in (z_pos, z_neg) for h in [z, *forward(spec, thetas, z).outputs])
+        rho = 8 * (3 * b_h**2 + spec.threshold + 2) * (b_h + 1) ** 2 / spec.hidden[-1]
+        alpha = 0.9 / rho
+        before = layer_losses(spec, thetas, z_pos, z_neg)[-1]
+        thetas[-1] = thetas[-1] - alpha * grad
+        after = layer_losses(spec, thetas, z_pos, z_neg)[-1]
+        assert after <= before - alpha / 2 * (grad**2).sum() + 1e-12

@@ -123,3 +123,16 @@ def test_a_model_that_does_not_fit_the_features_is_a_clear_error():
     with pytest.raises(ValueError, match="do not fit 12 features"):
         role.unpack(arrays)
     assert protocol.DEPLOY_EPISODE == "deploy-episode"
+
+
+def test_a_model_no_better_than_the_majority_class_is_flagged_before_deployment():
+    from flwr.app import MetricRecord
+
+    from fedsim.registry import strategies
+
+    strategy = strategies.get("fedavg-deploy")(RunConfig.from_mapping(SMALL))
+    strategy.check_gate(MetricRecord({"eval-bler-error": 0.20, "eval-majority-bler-error": 0.32}))
+    assert strategy.drain_events() == []
+    strategy.check_gate(MetricRecord({"eval-bler-error": 0.32, "eval-majority-bler-error": 0.32}))
+    (event,) = strategy.drain_events()
+    assert event["event"] == "gate" and "does not beat the majority-class predictor" in event["reason"]
