@@ -249,7 +249,20 @@ def _pairwise_separation(spec: FFSpec, thetas: list[np.ndarray], x: np.ndarray, 
     return float((own > scores)[wrong].mean())
 
 
-@lru_cache(maxsize=4)
+def simulation(config: RunConfig):
+    """The link simulator's settings of a run: the BLER curves of ``la-bler-curves``."""
+    from fedsim.data.link_env import SimulationConfig
+    from fedsim.data.nr_tables import DEFAULT_BLER_TABLE, LogisticBler, default_bler_model
+
+    if config.la_bler_curves == "closed-form":
+        return SimulationConfig(bler_model=LogisticBler(2))
+    if config.la_bler_curves == "sionna" and not DEFAULT_BLER_TABLE.is_file():
+        raise ValueError(f"la-bler-curves = 'sionna' but {DEFAULT_BLER_TABLE} is missing: make it with "
+                         "python datasets/sionna_bler_curves.py")
+    return SimulationConfig(bler_model=default_bler_model(2))
+
+
+@lru_cache(maxsize=256)  # one entry per (run, UE) served by this process: a loopback grid serves them all
 def offline_data(config: RunConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
     """This UE's offline periods (features, realised BLER), generated once per process."""
     from fedsim.data.link_env import ChannelConfig, training_data
@@ -260,7 +273,7 @@ def offline_data(config: RunConfig, partition_id: int) -> tuple[np.ndarray, np.n
         channel = ChannelConfig.parse(config.la_train_channel, config.la_train_doppler_hz,
                                       config.la_train_correlation, config.la_csi_period_ms)
     return training_data(channel, (config.la_train_snr_min_db, config.la_train_snr_max_db), config.la_train_periods,
-                         derive_seed(config.seed, partition_id, 77))
+                         derive_seed(config.seed, partition_id, 77), sim=simulation(config))
 
 
 def deployment_channel(config: RunConfig, partition_id: int):
@@ -316,6 +329,10 @@ def check_run_config(config: RunConfig) -> None:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     floats("la-test-snr-db", config.la_test_snr_db)
+    try:
+        simulation(config)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     if any(v <= 0 for v in floats("ff-hidden", config.ff_hidden)):
         raise ConfigError(f"ff-hidden = '{config.ff_hidden}' must list positive layer widths")
     if config.la_train_snr_min_db > config.la_train_snr_max_db:
@@ -423,7 +440,8 @@ class LightTuneRole:
         settings = TuneSettings(sampling=cfg.lt_sampling, delta=cfg.lt_delta, lr=cfg.lt_lr, layers=cfg.lt_layers)
         arms = [(v, cfg.la_prediction_stream, v) for v in names(cfg.lt_variants)]  # the predictors only learn
         arms += [(p, p, cfg.lt_variant) for p in names(cfg.la_link_policies)]
-        baseline = run_episode(channel, snr, cfg.la_periods, seed, method="olla", olla=cfg.la_olla)
+        sim = simulation(cfg)
+        baseline = run_episode(channel, snr, cfg.la_periods, seed, method="olla", olla=cfg.la_olla, sim=sim)
         metrics["tput-olla"] = baseline.mean_throughput / 1e6
         metrics["bler-olla"] = baseline.mean_bler
         for index, (name, method, variant) in enumerate(arms):
@@ -431,7 +449,8 @@ class LightTuneRole:
                                replace(settings, variant=variant), np.random.default_rng(derive_seed(seed, index)))
             self._restore(tuner, context, name)
             triggers_before = tuner.triggers
-            result = run_episode(channel, snr, cfg.la_periods, seed, method=method, predictor=tuner, olla=cfg.la_olla)
+            result = run_episode(channel, snr, cfg.la_periods, seed, method=method, predictor=tuner, olla=cfg.la_olla,
+                                 sim=sim)
             self._save(tuner, context, name)
             metrics.update(episode_metrics(result, name, tuner.triggers - triggers_before))
         return metrics

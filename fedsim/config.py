@@ -101,6 +101,10 @@ class RunConfig:
         randomised around the table choice, like the offline data) or ``olla``.
     la_olla : str
         Baseline outer loop: ``per-cqi`` thresholds (the paper's description) or ``global`` offset.
+    la_bler_curves : str
+        Per-MCS code-block BLER curves of the link simulator: ``sionna`` (LDPC link-level
+        curves, ``datasets/nr_bler_sionna.npz``), ``closed-form`` (the digest's logistic
+        fit) or ``auto`` (``sionna`` when the file is there).
     la_link_policies : str
         Comma-separated policies run with the ``lt-variant`` tuner besides OLLA:
         ``cqi-tune``, ``ri-cqi-tune`` (empty: none).
@@ -231,6 +235,7 @@ class RunConfig:
     la_periods: int = 150
     la_prediction_stream: str = "explore"
     la_olla: str = "per-cqi"
+    la_bler_curves: str = "auto"
     la_link_policies: str = "cqi-tune,ri-cqi-tune"
     lt_variants: str = "frozen,one-step,adam,backprop"
     lt_variant: str = "one-step"
@@ -325,6 +330,7 @@ class RunConfig:
         _choice("la-train-correlation", self.la_train_correlation, ("low", "medium", "high"))
         _choice("la-train-on", self.la_train_on, ("d1", "deployment"))
         _choice("la-olla", self.la_olla, ("per-cqi", "global"))
+        _choice("la-bler-curves", self.la_bler_curves, ("auto", "sionna", "closed-form"))
         _choice("la-prediction-stream", self.la_prediction_stream, ("explore", "olla"))
         _choice("lt-variant", self.lt_variant, ("one-step", "adam", "sgd", "backprop", "frozen"))
         _choice("lt-sampling", self.lt_sampling, ("uniform", "hard"))

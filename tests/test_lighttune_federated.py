@@ -2,13 +2,15 @@
 
 import numpy as np
 import pytest
+from flwr.app import ArrayRecord
 
 from clients import lighttune
-from clients.lighttune import LightTuner, TuneSettings, deployment_channel, ff_spec, offline_data
+from clients.lighttune import LightTuner, TuneSettings, deployment_channel, ff_spec, offline_data, simulation
 from fedsim import protocol
 from fedsim.client_app import app as client_app
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data.link_env import run_episode
+from fedsim.registry import tasks
 from fedsim.runner import run_rounds
 from fedsim.seeding import derive_seed
 from fedsim.testing import LoopbackGrid
@@ -16,7 +18,7 @@ from fedsim.testing import LoopbackGrid
 SMALL = {"strategy": "fedavg-deploy", "client-role": "lighttune", "task": "bler", "dataset": "link-adaptation",
          "partitioning": "ues", "model": "ff-mlp", "num-server-rounds": 4, "deploy-after": 2, "lr": 0.03,
          "la-train-periods": 120, "la-periods": 12, "la-test-snr-db": "4,28", "record-clients": True,
-         "la-ues": "TDL-A30@10,TDL-B100@50/medium", "min-available-nodes": 3}
+         "la-ues": "TDL-A30@10,TDL-B100@50/medium", "min-available-nodes": 3, "la-bler-curves": "closed-form"}
 
 
 def _run(**keys):
@@ -50,10 +52,11 @@ def test_the_frozen_arm_is_the_global_model_on_the_ues_own_channel(small_run):
     for pid in (0, 1):
         frozen = LightTuner(spec, thetas, x_mean, x_std, TuneSettings("frozen"), np.random.default_rng(0))
         episode = run_episode(deployment_channel(config, pid), 28.0, 12, derive_seed(config.seed, pid, 2, 5),
-                              method="explore", predictor=frozen)
+                              method="explore", predictor=frozen, sim=simulation(config))
         reported = result["rounds"][3]["clients"][str(pid)]
         assert reported["bler-error-frozen"] == pytest.approx(np.abs(episode.predicted - episode.p_bler).mean())
-        baseline = run_episode(deployment_channel(config, pid), 28.0, 12, derive_seed(config.seed, pid, 2, 5))
+        baseline = run_episode(deployment_channel(config, pid), 28.0, 12, derive_seed(config.seed, pid, 2, 5),
+                               sim=simulation(config))
         assert reported["tput-olla"] == pytest.approx(baseline.mean_throughput / 1e6)
 
 
@@ -106,6 +109,7 @@ def test_a_ue_with_bad_data_is_left_out_and_the_others_go_on(monkeypatch):
     ("lt-variants", "frozen,onestep", "lt-variants entry 'onestep' is unknown"),
     ("la-test-snr-db", "4,high", "la-test-snr-db = '4,high'"),
     ("deploy-after", 4, "leaves no deployment round"),
+    ("la-bler-curves", "ldpc", "la-bler-curves = 'ldpc' is unknown"),
 ])
 def test_bad_config_stops_before_round_one(key, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -116,9 +120,6 @@ def test_a_model_that_does_not_fit_the_features_is_a_clear_error():
     config = RunConfig.from_mapping(SMALL)
     role = lighttune.LightTuneRole(config)
     other = RunConfig.from_mapping({**SMALL, "ff-hidden": "16,16"})
-    from fedsim.registry import tasks
-    from flwr.app import ArrayRecord
-
     arrays = ArrayRecord(tasks.get("bler")(other).init_model(0).state_dict())
     with pytest.raises(ValueError, match="do not fit 12 features"):
         role.unpack(arrays)
