@@ -120,6 +120,26 @@ class RunConfig:
         A12); ``never``: the adapted model carries over (node state).
     lt_send_back : bool
         Deployment rounds also send the adapted models back for FedAvg (continual FL).
+    pl_aggregation : str
+        ``pathloss`` strategy: ``fedstats`` (sum the clients' sufficient statistics and
+        solve the elastic net on the server: the centralised surrogate), ``coverage``
+        (per-pixel average of the clients' SLFs weighted by their coverage diag(A)),
+        ``fedavg`` (sample-weighted average of the SLFs).
+    pl_r, pl_window, pl_kernel
+        Path-loss learner: radius of the window balls around the ellipse model, ``hybrid``
+        (learned window) or ``baseline`` (ellipse window, no alpha-step), ``rbf`` kernel
+        or its ``identity`` limit.
+    pl_lambda1, pl_lambda2, pl_lambda3, pl_sigma, pl_mu, pl_inner_iterations
+        Elastic-net weights, alpha ridge, RBF width (m), alpha step as a fraction of the
+        safe step, inner iterations per time step (paper values; mu is not in the paper).
+    pl_links_per_step, pl_steps_per_round, pl_heldout_links
+        Links a client measures per time step, time steps per round, held-out links per client.
+    pl_mismatch, pl_mismatch_r, pl_noise_std
+        ``a2a-madrid`` synthetic protocol: mismatch generator (``dense``/``structured``), its
+        radius, measurement noise (normalised units).
+    pl_fit_log_distance : bool
+        Fit (pl0, delta) federatedly from the clients' normal equations (``a2a-physics`` and
+        ``a2a-sionna``); otherwise the paper's 75 dB and 2.9.
     ff_hidden, ff_threshold, ff_goodness, ff_layer_norm, ff_goodness_layers, ff_label_encoding
         Forward-forward model (:class:`fedsim.forward_forward.FFSpec`): hidden widths
         (``"32,32"``), goodness threshold T, per-``neuron`` or ``mean`` goodness,
@@ -251,6 +271,23 @@ class RunConfig:
     ff_layer_norm: bool = True
     ff_goodness_layers: str = "all"
     ff_label_encoding: str = "onehot"
+    pl_aggregation: str = "fedstats"
+    pl_r: float = 0.1
+    pl_window: str = "hybrid"
+    pl_kernel: str = "rbf"
+    pl_lambda1: float = 4e-4
+    pl_lambda2: float = 1e-5
+    pl_lambda3: float = 2.2e-4
+    pl_sigma: float = 1e-4
+    pl_mu: float = 1.0
+    pl_inner_iterations: int = 10
+    pl_links_per_step: int = 30
+    pl_steps_per_round: int = 5
+    pl_heldout_links: int = 1000
+    pl_mismatch: str = "dense"
+    pl_mismatch_r: float = 0.1
+    pl_noise_std: float = 0.0
+    pl_fit_log_distance: bool = False
     model: str = "mlp"
     hidden_size: int = 64
     num_server_rounds: int = 20
@@ -336,6 +373,10 @@ class RunConfig:
         _choice("lt-sampling", self.lt_sampling, ("uniform", "hard"))
         _choice("lt-layers", self.lt_layers, ("all", "last"))
         _choice("lt-reset", self.lt_reset, ("episode", "never"))
+        _choice("pl-aggregation", self.pl_aggregation, ("fedstats", "coverage", "fedavg"))
+        _choice("pl-window", self.pl_window, ("hybrid", "baseline"))
+        _choice("pl-kernel", self.pl_kernel, ("rbf", "identity"))
+        _choice("pl-mismatch", self.pl_mismatch, ("dense", "structured"))
         _choice("ff-goodness", self.ff_goodness, ("neuron", "mean"))
         _choice("ff-goodness-layers", self.ff_goodness_layers, ("last", "all"))
         _choice("ff-label-encoding", self.ff_label_encoding, ("scalar", "onehot"))
@@ -362,6 +403,8 @@ class RunConfig:
         if self.dataset == "vehicular-qos" and self.qos_online and self.qos_online_start_h + 1 >= 24 * self.qos_days:
             raise ConfigError(f"qos-online-start-h = {self.qos_online_start_h} leaves no hour to test on in "
                               f"qos-days = {self.qos_days} days: start before hour {24 * self.qos_days - 1}")
+        if (self.dataset in A2A_DATASETS) != (self.partitioning == "vehicles"):
+            raise ConfigError("partitioning = 'vehicles' goes with the a2a-* datasets and only with them")
         if (self.dataset == "link-adaptation") != (self.partitioning == "ues"):
             raise ConfigError("partitioning = 'ues' goes with dataset = 'link-adaptation' and only with it")
         if self.strategy == "fedavg-deploy" and self.deploy_after >= self.num_server_rounds:
@@ -399,14 +442,15 @@ class RunConfig:
             )
 
 
-SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy")
+SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy", "pathloss")
 """Built-in strategies without clusters (``num-clusters`` does not apply)."""
 OFFLINE_DATASETS = ("digits", "mnist-5k")
 LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10", "qos-csv")
-DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation")
+A2A_DATASETS = ("a2a-madrid", "a2a-physics", "a2a-sionna")
+DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation") + A2A_DATASETS
 CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear", "cells")
-PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues") + CLUSTERED_PARTITIONINGS
-MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp", "ff-mlp")
+PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues", "vehicles") + CLUSTERED_PARTITIONINGS
+MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp", "ff-mlp", "slf")
 
 
 def _positive(x: float) -> bool:
@@ -442,6 +486,18 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("lt_delta", _positive, "positive"),
     ("lt_lr", _positive, "positive"),
     ("ff_threshold", _positive, "positive"),
+    ("pl_r", lambda x: x >= 0, "non-negative (0 = the model-based baseline)"),
+    ("pl_lambda1", lambda x: x >= 0, "non-negative"),
+    ("pl_lambda2", lambda x: x >= 0, "non-negative"),
+    ("pl_lambda3", lambda x: x >= 0, "non-negative"),
+    ("pl_sigma", _positive, "positive"),
+    ("pl_mu", lambda x: 0 < x <= 1, "in (0, 1] (a fraction of the safe step)"),
+    ("pl_inner_iterations", lambda x: x >= 1, "at least 1"),
+    ("pl_links_per_step", lambda x: x >= 1, "at least 1"),
+    ("pl_steps_per_round", lambda x: x >= 1, "at least 1"),
+    ("pl_heldout_links", lambda x: x >= 1, "at least 1"),
+    ("pl_mismatch_r", lambda x: x >= 0, "non-negative"),
+    ("pl_noise_std", lambda x: x >= 0, "non-negative"),
     ("qos_online_start_h", lambda x: x >= 1, "at least 1 (hours of history)"),
     ("bcd_lambda", lambda x: x >= 0, "non-negative"),
     ("bcd_beta", lambda x: x >= 0, "non-negative"),

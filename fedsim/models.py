@@ -145,3 +145,19 @@ class FFModel(nn.Module):
             self.layers.append(nn.Parameter(layer))
         self.register_buffer("x_mean", torch.zeros(num_features, dtype=torch.float64))
         self.register_buffer("x_std", torch.ones(num_features, dtype=torch.float64))
+
+
+class SLFModel(nn.Module):
+    """Parameter container of an any-to-any path-loss map (paper 004): the spatial loss field and (pl0, delta).
+
+    The maths is numpy (:mod:`fedsim.pathloss`); this module only holds the SLF ``slf`` (shape ``(P,)``,
+    float64, zero at the start: the paper's ``f_1 = 0``) and the log-distance buffers ``pl0`` [dB] and
+    ``delta`` (shape ``(1,)``, float64; the paper's V2X values 75 dB and 2.9 by default), so that the
+    strategies and the run's results treat it like any other model.
+    """
+
+    def __init__(self, num_pixels: int, pl0_db: float = 75.0, delta: float = 2.9) -> None:
+        super().__init__()
+        self.slf = nn.Parameter(torch.zeros(num_pixels, dtype=torch.float64))
+        self.register_buffer("pl0", torch.tensor([pl0_db], dtype=torch.float64))
+        self.register_buffer("delta", torch.tensor([delta], dtype=torch.float64))

@@ -96,13 +96,14 @@ strategies = Registry(
         "local-only": "strategies.local_only:build",
         "bcd-qos": "strategies.bcd_qos:build",
         "fedavg-deploy": "strategies.deployment:build",
+        "pathloss": "strategies.pathloss:build",
     },
 )
 client_roles = Registry(
     "client role",
     "fedsim.clients",
     {"local-train": "clients.local_train:LocalTrainRole", "qos-cell": "clients.qos_cell:QosCellRole",
-     "lighttune": "clients.lighttune:LightTuneRole"},
+     "lighttune": "clients.lighttune:LightTuneRole", "pathloss": "clients.pathloss:PathLossRole"},
 )
 tasks = Registry(
     "task",
@@ -113,5 +114,6 @@ tasks = Registry(
         "regression": "fedsim.tasks:RegressionTask",
         "qos": "fedsim.tasks:QosTask",
         "bler": "fedsim.tasks:BlerTask",
+        "pathloss": "fedsim.tasks:PathLossTask",
     },
 )

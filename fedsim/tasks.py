@@ -239,3 +239,37 @@ class BlerTask(Task):
         var = sum(np.asarray(i["la-x-sumsq"]) for i in infos) / count - mean**2
         model.x_mean.copy_(torch.as_tensor(mean, dtype=torch.float64))
         model.x_std.copy_(torch.as_tensor(np.sqrt(np.maximum(var, 0.0)) + 1e-6, dtype=torch.float64))
+
+
+class PathLossTask(Task):
+    """Online any-to-any path-loss map learning (paper 004): a spatial loss field learned by vehicles.
+
+    The model is an :class:`~fedsim.models.SLFModel` over the pixels of the Madrid grid (all three
+    ``a2a-*`` datasets use it); learning and scoring are the ``pathloss`` client role's (numpy), and the
+    ``pathloss`` strategy aggregates its replies (sufficient statistics or SLFs, ``pl-aggregation``).
+    The headline ``eval-loss`` is the held-out NMSE of the shadowing; the role also reports the NMSE of
+    the SLF against the ground truth (``eval-nmse-f``) and the path-loss RMSE.
+    """
+
+    models = ("slf",)
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        from fedsim.config import A2A_DATASETS
+
+        if config.dataset not in A2A_DATASETS or config.client_role != "pathloss":
+            raise ConfigError(f"task = 'pathloss' needs dataset in {', '.join(A2A_DATASETS)} and "
+                              "client-role = 'pathloss'")
+        if config.strategy != "pathloss":
+            raise ConfigError("task = 'pathloss' needs strategy = 'pathloss': the clients reply with sufficient "
+                              "statistics or SLFs plus weights, which only that strategy aggregates")
+        if config.pl_fit_log_distance and config.dataset == "a2a-madrid":
+            raise ConfigError("pl-fit-log-distance needs path losses (a2a-physics or a2a-sionna); a2a-madrid "
+                              "measures the shadowing directly")
+
+    def build_model(self) -> nn.Module:
+        from fedsim.data.madrid import madrid_grid
+        from fedsim.models import SLFModel
+
+        return SLFModel(madrid_grid().num_pixels)
