@@ -213,6 +213,12 @@ def cmd_suite(args: argparse.Namespace) -> int:
     suite = load_suite(suite_file)
     if args.seeds:
         suite.seeds = args.seeds
+    if args.settings:
+        unknown = sorted(set(args.settings) - {s.name for s in suite.settings})
+        if unknown:
+            raise UsageError(f"suite '{suite.name}' has no setting {', '.join(unknown)}; it has "
+                             f"{', '.join(s.name for s in suite.settings)}")
+        suite.settings = [s for s in suite.settings if s.name in args.settings]
     out = Path(args.out) if args.out else Path("results") / f"suite-{suite.name}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     runs = sum(len(s.strategies) for s in suite.settings) * len(suite.seeds)
     print(f"fedsim: suite '{suite.name}': {runs} runs with {args.workers} workers -> {out}", flush=True)
@@ -261,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     suite.add_argument("-o", "--out", default="", help="output folder (default results/suite-<name>-<time>)")
     suite.add_argument("-w", "--workers", type=int, default=2, help="worker processes (default 2)")
     suite.add_argument("--seeds", type=int, nargs="+", help="override the suite's seeds")
+    suite.add_argument("--settings", nargs="+", help="run only these settings (by name)")
     suite.add_argument("--rounds", type=int, help="override every setting's number of rounds (quick look)")
     suite.set_defaults(func=cmd_suite)
 

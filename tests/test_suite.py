@@ -42,3 +42,28 @@ paper.clove = { final = "99.9" }
     assert "99.9" in row
     # finished runs are kept: a second call runs nothing and writes the same table
     assert run_suite(load_suite(suite_file), out, workers=1).split("Wall time")[0] == text.split("Wall time")[0]
+
+
+def test_suite_command_runs_only_the_named_settings(tmp_path, capsys):
+    from fedsim.cli import main
+
+    suite_file = tmp_path / "suite.toml"
+    suite_file.write_text('''
+name = "two"
+seeds = [0]
+strategies = ["fedavg"]
+[defaults]
+num-server-rounds = 1
+[[setting]]
+name = "a"
+nodes = 2
+config = { samples-per-client = 20, partitioning = "iid" }
+[[setting]]
+name = "b"
+nodes = 2
+config = { samples-per-client = 20, partitioning = "iid" }
+''')
+    assert main(["suite", str(suite_file), "-o", str(tmp_path / "out"), "-w", "1", "--settings", "b"]) == 0
+    assert (tmp_path / "out" / "b" / "fedavg-s0").is_dir() and not (tmp_path / "out" / "a").exists()
+    assert main(["suite", str(suite_file), "--settings", "c"]) != 0
+    assert "has no setting c; it has a, b" in capsys.readouterr().err
