@@ -54,6 +54,8 @@ def main() -> None:
         from sklearn.metrics import adjusted_rand_score
 
         rows.append((val, lam, beta, eta, result.num_clusters[-1], adjusted_rand_score(regimes, labels)))
+        print(f"[{len(rows)}/48] lambda {lam:.4g} beta {beta:.4g} eta {eta:g}: validation MSE {val:.4f}, "
+              f"{result.num_clusters[-1]} clusters", flush=True)
     rows.sort()
     local = float(np.mean([np.mean((va_f[i] @ refit(tr_f, tr_y, [i]) - va_y[i]) ** 2) for i in range(12)]))
     glob = float(np.mean([np.mean((va_f[i] @ head0 - va_y[i]) ** 2) for i in range(12)]))
