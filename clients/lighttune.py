@@ -208,7 +208,7 @@ def backprop_loss(spec: FFSpec, params: list[torch.Tensor], z: torch.Tensor, pos
     h, total = z, 0.0
     sign = -1.0 if positive else 1.0
     for index, theta in enumerate(params):
-        if spec.layer_norm and index > 0:
+        if spec.layer_norm and (index > 0 or spec.input_norm):
             h = h / (h.norm(dim=1, keepdim=True) + 1e-4)
         h = torch.relu(torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1) @ theta.T)
         g = (h**2).mean(1) if spec.goodness == "mean" else h**2

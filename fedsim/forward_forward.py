@@ -63,6 +63,9 @@ class FFSpec:
         See the module docstring.
     label_scale : float
         Factor on the appended label (scalar encoding) or one-hot vector.
+    input_norm : bool
+        With ``layer_norm``, also L2-normalise the first layer's input, as [24] does (its MNIST
+        setting; on BLER features it drowns the label under out-of-range SNR features).
     """
 
     num_features: int
@@ -75,6 +78,7 @@ class FFSpec:
     label_encoding: str = "onehot"
     label_scale: float = 1.0
     loss: str = "quadratic"
+    input_norm: bool = False
 
     def __post_init__(self) -> None:
         for name, allowed in _CHOICES.items():
@@ -159,7 +163,7 @@ def forward(spec: FFSpec, thetas: list[np.ndarray], z: np.ndarray) -> Pass:
     p = Pass()
     h = z
     for index, theta in enumerate(thetas):
-        if spec.layer_norm and index > 0:
+        if spec.layer_norm and (index > 0 or spec.input_norm):
             h = h / (np.linalg.norm(h, axis=1, keepdims=True) + _NORM_EPS)
         h_in = np.concatenate([h, np.ones((len(h), 1))], axis=1)
         h = np.maximum(h_in @ theta.T, 0.0)

@@ -21,7 +21,7 @@ from fedsim.forward_forward import (
 )
 
 VARIANTS = [dict(goodness=g, loss=lo, layer_norm=n) for g in ("neuron", "mean") for lo in ("quadratic", "softplus")
-            for n in (False, True)]
+            for n in (False, True)] + [dict(goodness="mean", loss="softplus", layer_norm=True, input_norm=True)]
 
 
 def torch_layer_losses(spec, thetas, z_pos, z_neg):
@@ -34,7 +34,7 @@ def torch_layer_losses(spec, thetas, z_pos, z_neg):
         parts = []
         for h, positive in ((hp, True), (hn, False)):
             h = h.detach()
-            if spec.layer_norm and index > 0:
+            if spec.layer_norm and (index > 0 or spec.input_norm):
                 h = h / (h.norm(dim=1, keepdim=True) + 1e-4)
             h = torch.relu(torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], 1) @ theta.T)
             g = (h**2).mean(1) if spec.goodness == "mean" else h**2

