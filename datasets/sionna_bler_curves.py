@@ -24,15 +24,15 @@ table's value).
 
 Decoding stops early for a code block once its decoded information bits are correct (checked every
 2 iterations; an ideal CRC-aided stop). That changes the BLER only by blocks that would be lost again
-by iteration 20 (measured at MCS 0, 11 and 24: at most 0.3 % absolute, 1.5 % relative) and saves
+by iteration 20 (measured at MCS 0, 11 and 24: at most 0.31 % absolute, 1 % relative) and saves
 15-50 % of the decoding work at and above the waterfall. The work runs in ``--workers`` processes with
 ``--threads`` torch threads each (2 x 1 by default: on a shared 2-core box, 2 threads per process make
 every small tensor operation wait for the other thread). Everything is seeded per simulated point, so
 reruns, and runs with another worker count, give identical numbers.
 
-Cost: about 1,800 CPU-seconds (1,330 AWGN + 430 fading), i.e. about 15 minutes on an idle 2-core
-x86_64 CPU; 40 minutes measured on a shared one at load average 7-10 (``meta`` in the output records the
-wall and CPU times of the run). The data card is datasets/nr-bler-sionna.md.
+Cost: 1,600-1,800 CPU-seconds (about 1,300 AWGN + 400 fading), i.e. about 15 minutes on an idle 2-core
+x86_64 CPU; 28 and 40 minutes measured on a shared one at load average 6-10 (``meta`` in the output
+records the wall and CPU times of the run). The data card is datasets/nr-bler-sionna.md.
 """
 
 import argparse
@@ -54,6 +54,7 @@ MCS_QM = (2,) * 5 + (4,) * 6 + (6,) * 9 + (8,) * 8
 MCS_R1024 = (120, 193, 308, 449, 602, 378, 434, 490, 553, 616, 658, 466, 517, 567, 616, 666, 719, 772, 822, 873,
              682.5, 711, 754, 797, 841, 885, 916.5, 948)
 # EESM beta per MCS (Table 2) from sionna/sys/esm_params/eesm_beta_table.json, as quoted in the digest
+# (shared/reference/003-lighttune.md, section 7.3), which the fitted betas are compared with
 DIGEST_BETA = (1.6, 1.63, 1.67, 1.73, 1.79, 4.27, 4.71, 5.16, 5.66, 6.16, 6.5, 10.97, 12.92, 14.96, 17.06, 19.33,
                21.85, 24.51, 27.14, 29.94, 56.48, 65.0, 78.58, 92.48, 106.27, 118.74, 126.36, 132.54)
 PROFILES = (("TDL-A30", "A", 30e-9), ("TDL-B100", "B", 100e-9), ("TDL-C200", "C", 200e-9))
