@@ -73,12 +73,10 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from fedsim import protocol
 from fedsim.config import RunConfig
 from fedsim.data.madrid import Grid, madrid_grid
-from fedsim.data.slf_synthetic import LinkBatch, MadridSLFProtocol
+from fedsim.data.slf_synthetic import MadridSLFProtocol
 from fedsim.pathloss import (
     ETA,
     OnlinePathLossLearner,
-    ellipse_window,
-    link_geometry,
     log_distance_stats,
     model_window,
     nmse,
@@ -136,18 +134,11 @@ class RegionalSLFProtocol(MadridSLFProtocol):
         super().__init__(**kwargs)
         self.tx_pixels = np.asarray(tx_pixels, dtype=int)
 
-    def _draw(self, rng: np.random.Generator, num_links: int) -> LinkBatch:
+    def _pairs(self, rng: np.random.Generator, num_links: int) -> tuple[np.ndarray, np.ndarray]:
         roads = self.grid.road_pixels
         tx_pixel = self.tx_pixels[rng.integers(len(self.tx_pixels), size=num_links)]
         other = rng.integers(len(roads) - 1, size=num_links)
-        rx_pixel = roads[other + (other >= np.searchsorted(roads, tx_pixel))]
-        tx_xy, rx_xy = self.grid.centres[tx_pixel], self.grid.centres[rx_pixel]
-        phi1, phi2 = link_geometry(tx_xy, rx_xy, self.grid.centres)
-        w_model = ellipse_window(phi1, phi2, self.eta)
-        w_true = w_model + self.r * self._mismatch_directions(rng, phi1, phi2, w_model)
-        s_true = w_true @ self.slf_true
-        s_hat = s_true + self.noise_std * rng.standard_normal(num_links) if self.noise_std else s_true.copy()
-        return LinkBatch(tx_pixel, rx_pixel, tx_xy, rx_xy, s_hat, s_true, w_true, w_model)
+        return tx_pixel, roads[other + (other >= np.searchsorted(roads, tx_pixel))]
 
 
 class ClientData:

@@ -1,4 +1,9 @@
 import os
+import re
+import signal
+import socket
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -6,6 +11,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 import pytest  # noqa: E402
 
+from fedsim.cli import flower_env  # noqa: E402
 from fedsim.client_app import app as client_app  # noqa: E402
 from fedsim.config import RunConfig  # noqa: E402
 from fedsim.runner import run_rounds  # noqa: E402
@@ -22,3 +28,22 @@ def run_loopback(num_nodes: int = 8, node_seed: int = 0, recorder=None, strategy
 @pytest.fixture
 def loopback():
     return run_loopback
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def flower(tmp_path_factory):
+    """Environment with a private Flower home and SuperLink port; stops the SuperLink afterwards."""
+    home = tmp_path_factory.mktemp("flwr-home")
+    port = _free_port()
+    root = Path(__file__).resolve().parents[1]
+    env = flower_env(root, {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port)})
+    yield env
+    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    for pid in set(re.findall(r"pid=(\d+)", out)):
+        os.kill(int(pid), signal.SIGTERM)

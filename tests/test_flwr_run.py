@@ -1,38 +1,16 @@
 """Real ``flwr run`` simulations (Ray backend) through a private local SuperLink."""
 
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fedsim.cli import flower_env, main
+from fedsim.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 FEDSIM = [sys.executable, "-m", "fedsim.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def flower(tmp_path_factory):
-    """Environment with a private Flower home and SuperLink port; stops the SuperLink afterwards."""
-    home = tmp_path_factory.mktemp("flwr-home")
-    port = _free_port()
-    env = flower_env(ROOT, {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port)})
-    yield env
-    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for pid in set(re.findall(r"pid=(\d+)", out)):
-        os.kill(int(pid), signal.SIGTERM)
 
 
 @pytest.mark.slow

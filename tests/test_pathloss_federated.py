@@ -1,10 +1,6 @@
 """The federated path-loss map (paper 004, digest Sec. 8) on the loopback grid, and one real `flwr run`."""
 
 import json
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
 import warnings
@@ -183,25 +179,6 @@ def test_the_sionna_data_is_split_by_transmitter():
 
 
 # -- a real `flwr run` (Ray backend): about 40-60 s on 2 cores, so marked slow like tests/test_flwr_run.py ------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def flower(tmp_path_factory):
-    from fedsim.cli import flower_env
-
-    home = tmp_path_factory.mktemp("flwr-home")
-    port = _free_port()
-    env = flower_env(ROOT, {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port)})
-    yield env
-    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for pid in set(re.findall(r"pid=(\d+)", out)):
-        os.kill(int(pid), signal.SIGTERM)
 
 
 @pytest.mark.slow

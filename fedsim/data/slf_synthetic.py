@@ -119,8 +119,12 @@ class MadridSLFProtocol:
         """
         return self._draw(np.random.default_rng([self.random_state, _HELDOUT]), num_links)
 
+    def _pairs(self, rng: np.random.Generator, num_links: int) -> tuple[np.ndarray, np.ndarray]:
+        """End pixels of ``num_links`` links: uniform pairs of distinct road pixels (subclasses restrict them)."""
+        return _distinct_road_pairs(rng, self.grid.road_pixels, num_links)
+
     def _draw(self, rng: np.random.Generator, num_links: int) -> LinkBatch:
-        tx_pixel, rx_pixel = _distinct_road_pairs(rng, self.grid.road_pixels, num_links)
+        tx_pixel, rx_pixel = self._pairs(rng, num_links)
         tx_xy, rx_xy = self.grid.centres[tx_pixel], self.grid.centres[rx_pixel]
         phi1, phi2 = link_geometry(tx_xy, rx_xy, self.grid.centres)
         w_model = ellipse_window(phi1, phi2, self.eta)
