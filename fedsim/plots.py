@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,11 @@ def plot_comparison(groups: dict[str, list[list[dict[str, Any]]]], path: Path, t
             if np.all(np.isnan(table)):
                 continue
             x = np.arange(1, length + 1)
-            ax.plot(x, np.nanmean(table, 0), label=label)
-            if len(series) > 1:
-                ax.fill_between(x, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2)
+            with warnings.catch_warnings():  # rounds without the metric (e.g. deployment rounds) are gaps
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ax.plot(x, np.nanmean(table, 0), label=label)
+                if len(series) > 1:
+                    ax.fill_between(x, np.nanmin(table, 0), np.nanmax(table, 0), alpha=0.2)
         ax.set_xlabel("round")
         ax.set_title(key)
         ax.grid(alpha=0.3)
