@@ -50,9 +50,8 @@ from fedsim.forward_forward import (
     FFSpec,
     adam_update,
     check_params,
+    class_scores,
     encode,
-    forward,
-    layer_goodness,
     local_gradients,
     one_step_update,
     predict_index,
@@ -226,27 +225,23 @@ def ff_spec(config: RunConfig, num_features: int) -> FFSpec:
 
 def offline_metrics(spec: FFSpec, thetas: list[np.ndarray], x: np.ndarray, p_bler: np.ndarray,
                     train_labels: np.ndarray) -> dict[str, float]:
-    """Class accuracy and mean BLER error of the model and of the majority-class predictor."""
-    pred = predict_index(spec, thetas, x)
+    """Class accuracy and mean BLER error of the model and of the majority-class predictor.
+
+    ``separation`` is Pr[G(x, y+) > G(x, y-)] over the wrong classes (0.5: the model does not tell
+    labels apart; 0: every class gets the same goodness).
+    """
+    scores = class_scores(spec, thetas, x)
+    pred = scores.argmax(axis=1)  # predict_index, from the scores computed once
     label = spec.class_index(p_bler)
     classes = np.asarray(spec.classes)
     majority = np.bincount(train_labels, minlength=spec.num_classes).argmax()
-    separation = _pairwise_separation(spec, thetas, x, label)
+    rows = np.arange(len(x))
+    wrong = np.ones_like(scores, bool)
+    wrong[rows, label] = False
+    separation = float((scores[rows, label][:, None] > scores)[wrong].mean())
     return {"accuracy": float((pred == label).mean()), "bler-error": float(np.abs(classes[pred] - p_bler).mean()),
             "majority-accuracy": float((label == majority).mean()),
             "majority-bler-error": float(np.abs(classes[majority] - p_bler).mean()), "separation": separation}
-
-
-def _pairwise_separation(spec: FFSpec, thetas: list[np.ndarray], x: np.ndarray, label: np.ndarray) -> float:
-    """Pr[G(x, y+) > G(x, y-)] over the wrong classes (0.5 = the model does not tell labels apart)."""
-    outputs = forward(spec, thetas, encode(spec, np.repeat(x, spec.num_classes, 0),
-                                           np.tile(np.arange(spec.num_classes), len(x)))).outputs
-    used = outputs if spec.goodness_layers == "all" else outputs[-1:]
-    scores = sum(layer_goodness(spec, h) for h in used).reshape(len(x), spec.num_classes)
-    own = scores[np.arange(len(x)), label][:, None]
-    wrong = np.ones_like(scores, bool)
-    wrong[np.arange(len(x)), label] = False
-    return float((own > scores)[wrong].mean())
 
 
 def simulation(config: RunConfig):
