@@ -56,7 +56,23 @@ def table_rank(cqi_per_rank: Sequence[int], cqi_se: np.ndarray, r_max: int = 4) 
     return int(np.argmax(scores)) + 1
 
 
-class PerCqiOlla:
+class _Olla:
+    """What both OLLA variants share: the initial thresholds, the steps and the table selection."""
+
+    thresholds_db_: np.ndarray
+
+    def __init__(self, initial_thresholds_db: np.ndarray, delta_up_db: float, bler_target: float, clip_db: float):
+        self.initial_thresholds_db = np.asarray(initial_thresholds_db, dtype=float)
+        self.delta_up_db = delta_up_db
+        self.delta_down_db = delta_up_db * bler_target / (1.0 - bler_target)
+        self.clip_db = clip_db
+
+    def select(self, effective_snr_db: np.ndarray) -> np.ndarray:
+        """Table CQI per rank ([R] ints) from the effective SNRs [R, 16]."""
+        return table_cqi(effective_snr_db, self.thresholds_db_)
+
+
+class PerCqiOlla(_Olla):
     """Table-based OLLA with per-rank, per-CQI SNR thresholds (digest 5.6, the paper's baseline).
 
     ``thresholds_db_[r-1, q]`` starts at the AWGN 10 %-BLER SNR of CQI q's MCS; each HARQ outcome of a
@@ -79,15 +95,8 @@ class PerCqiOlla:
 
     def __init__(self, initial_thresholds_db: np.ndarray, num_ranks: int = 4, delta_up_db: float = 0.5,
                  bler_target: float = 0.1, clip_db: float = 10.0):
-        self.initial_thresholds_db = np.asarray(initial_thresholds_db, dtype=float)
-        self.delta_up_db = delta_up_db
-        self.delta_down_db = delta_up_db * bler_target / (1.0 - bler_target)
-        self.clip_db = clip_db
+        super().__init__(initial_thresholds_db, delta_up_db, bler_target, clip_db)
         self.thresholds_db_ = np.tile(self.initial_thresholds_db, (num_ranks, 1))
-
-    def select(self, effective_snr_db: np.ndarray) -> np.ndarray:
-        """Table CQI per rank ([R] ints) from the effective SNRs [R, 16]."""
-        return table_cqi(effective_snr_db, self.thresholds_db_)
 
     def update(self, rank: int, cqi: int, acks: np.ndarray) -> None:
         """Apply the HARQ outcomes (True = ACK), in order, to the threshold of (rank, cqi)."""
@@ -97,7 +106,7 @@ class PerCqiOlla:
             initial - self.clip_db, initial + self.clip_db)
 
 
-class GlobalOffsetOlla:
+class GlobalOffsetOlla(_Olla):
     """Classic OLLA with one offset for all ranks and CQIs (Pedersen 2005; ``sionna.sys.OuterLoopLinkAdaptation``).
 
     CQI^(r) = max{q : SNR_eff(r, q) - offset >= gamma10(q)}; offset -= Delta_down on ACK, += Delta_up on NACK,
@@ -106,19 +115,13 @@ class GlobalOffsetOlla:
 
     def __init__(self, initial_thresholds_db: np.ndarray, num_ranks: int = 4, delta_up_db: float = 1.0,
                  bler_target: float = 0.1, clip_db: float = 20.0):
-        self.initial_thresholds_db = np.asarray(initial_thresholds_db, dtype=float)
-        self.delta_up_db = delta_up_db
-        self.delta_down_db = delta_up_db * bler_target / (1.0 - bler_target)
-        self.clip_db = clip_db
+        super().__init__(initial_thresholds_db, delta_up_db, bler_target, clip_db)
         self.offset_db_ = 0.0
 
     @property
     def thresholds_db_(self) -> np.ndarray:
         """Effective per-CQI thresholds gamma10(q) + offset ([16])."""
         return self.initial_thresholds_db + self.offset_db_
-
-    def select(self, effective_snr_db: np.ndarray) -> np.ndarray:
-        return table_cqi(effective_snr_db, self.thresholds_db_)
 
     def update(self, rank: int, cqi: int, acks: np.ndarray) -> None:
         self.offset_db_ = _olla_walk(self.offset_db_, acks, -self.delta_down_db, self.delta_up_db,
