@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from fedsim.cli import flower_env  # noqa: E402
@@ -28,6 +29,25 @@ def run_loopback(num_nodes: int = 8, node_seed: int = 0, recorder=None, strategy
 @pytest.fixture
 def loopback():
     return run_loopback
+
+
+class RecordingPredictor:
+    """A link-adaptation ``Predictor`` that always predicts ``value`` and records every call."""
+
+    def __init__(self, value=0.3):
+        self.value, self.calls, self.observed = value, [], []
+
+    def predict(self, x):
+        self.calls.append(np.array(x))
+        return self.value
+
+    def observe(self, x, p_bler):
+        self.observed.append((np.array(x), p_bler))
+
+
+@pytest.fixture
+def recording_predictor():
+    return RecordingPredictor
 
 
 def _free_port() -> int:

@@ -25,18 +25,6 @@ FAST = SimulationConfig(prbs_per_subband=16, chunk_periods=8)
 SHORT = ChannelConfig("B", 100.0, 30.0, "low", csi_period_ms=10)
 
 
-class ConstantPredictor:
-    def __init__(self, value):
-        self.value, self.calls, self.observed = value, [], []
-
-    def predict(self, x):
-        self.calls.append(np.array(x))
-        return self.value
-
-    def observe(self, x, p_bler):
-        self.observed.append((np.array(x), p_bler))
-
-
 def test_table_cqi_takes_the_highest_cqi_meeting_its_threshold():
     thresholds = np.arange(16, dtype=float)              # CQI q needs q dB
     effective = np.array([np.full(16, 7.5), np.full(16, -3.0), np.r_[0, np.full(10, 20.0), np.full(5, 0.0)]])
@@ -154,24 +142,24 @@ def test_ri_cqi_tune_picks_the_best_rank_times_se_after_back_off():
     assert picked[:2] == (2, 12) and len(picked[2]) == 1 + 7 + 1
 
 
-def test_cqi_tune_in_an_episode_lowers_the_table_cqi_by_one_and_keeps_the_rank():
-    flagging = ConstantPredictor(0.9)
+def test_cqi_tune_in_an_episode_lowers_the_table_cqi_by_one_and_keeps_the_rank(recording_predictor):
+    flagging = recording_predictor(0.9)
     result = run_episode(SHORT, 15.0, 6, seed=1, method="cqi-tune", predictor=flagging, sim=FAST)
     assert np.array_equal(result.rank, result.table_rank)
     assert np.array_equal(result.cqi, np.maximum(result.table_cqi - 1, 1))
     assert len(flagging.calls) == np.sum(result.table_cqi > 1) and len(flagging.observed) == 6
     assert np.all(result.x[:, 9] == result.cqi) and np.all(result.x[:, 8] == result.rank)
-    deep = run_episode(SHORT, 15.0, 6, seed=1, method="cqi-tune", predictor=ConstantPredictor(0.9),
+    deep = run_episode(SHORT, 15.0, 6, seed=1, method="cqi-tune", predictor=recording_predictor(0.9),
                        deep_backoff=True, sim=FAST)
     assert np.all(deep.cqi == 1)
-    silent = run_episode(SHORT, 15.0, 6, seed=1, method="cqi-tune", predictor=ConstantPredictor(0.0), sim=FAST)
+    silent = run_episode(SHORT, 15.0, 6, seed=1, method="cqi-tune", predictor=recording_predictor(0.0), sim=FAST)
     baseline = run_episode(SHORT, 15.0, 6, seed=1, method="olla", sim=FAST)
     assert np.array_equal(silent.cqi, baseline.cqi) and np.array_equal(silent.throughput_bps,
                                                                        baseline.throughput_bps)
 
 
-def test_ri_cqi_tune_in_an_episode_predicts_once_per_window_rank():
-    predictor = ConstantPredictor(0.0)
+def test_ri_cqi_tune_in_an_episode_predicts_once_per_window_rank(recording_predictor):
+    predictor = recording_predictor(0.0)
     result = run_episode(SHORT, 25.0, 5, seed=2, method="ri-cqi-tune", predictor=predictor, sim=FAST)
     windows = [len(rank_window(r)) for r in result.table_rank]
     assert result.num_predictions.tolist() == windows

@@ -23,18 +23,6 @@ FAST = SimulationConfig(prbs_per_subband=16, chunk_periods=8)
 SHORT = ChannelConfig("A", 30.0, 10.0, "low", csi_period_ms=10)
 
 
-class RecordingPredictor:
-    def __init__(self, value=0.3):
-        self.value, self.calls, self.observed = value, [], []
-
-    def predict(self, x):
-        self.calls.append(np.array(x))
-        return self.value
-
-    def observe(self, x, p_bler):
-        self.observed.append((np.array(x), p_bler))
-
-
 def test_feature_names_follow_the_digest_order():
     assert len(FEATURE_NAMES) == 12
     assert FEATURE_NAMES[:5] == ("csi-snr-db", "csi-capacity", "delay-spread", "doppler", "pdsch-snr-0")
@@ -130,24 +118,24 @@ def test_same_seed_same_episode_and_chunking_does_not_matter():
     assert not np.array_equal(first.x[:, 0], other.x[:, 0])
 
 
-def test_common_random_numbers_across_methods():
+def test_common_random_numbers_across_methods(recording_predictor):
     one = _ChannelTrace(SHORT, 15.0, 11, FAST, link_tables(2), 4)
     two = _ChannelTrace(SHORT, 15.0, 11, FAST, link_tables(2), 4)
     for a, b in zip(one.periods(9), two.periods(9)):
         assert np.array_equal(a.uniforms, b.uniforms) and np.array_equal(a.slot_gram, b.slot_gram)
         assert a.csi_snr_db == b.csi_snr_db
     olla = run_episode(SHORT, 15.0, 9, seed=11, sim=FAST)
-    tuned = run_episode(SHORT, 15.0, 9, seed=11, method="cqi-tune", predictor=RecordingPredictor(0.95), sim=FAST)
+    tuned = run_episode(SHORT, 15.0, 9, seed=11, method="cqi-tune", predictor=recording_predictor(0.95), sim=FAST)
     assert not np.array_equal(olla.cqi, tuned.cqi)                                 # decisions differ ...
     for column in (0, 2, 3):                                                       # ... the channel does not
         assert np.array_equal(olla.x[:, column], tuned.x[:, column])
     # identical decisions -> identical ACKs: the uniforms do not depend on the method
-    passive = run_episode(SHORT, 15.0, 9, seed=11, method="ri-cqi-tune", predictor=RecordingPredictor(0.0), sim=FAST)
+    passive = run_episode(SHORT, 15.0, 9, seed=11, method="ri-cqi-tune", predictor=recording_predictor(0.0), sim=FAST)
     assert np.array_equal(passive.p_bler, olla.p_bler) and np.array_equal(passive.x, olla.x)
 
 
-def test_passive_predictor_sees_the_used_pair_without_changing_decisions():
-    predictor = RecordingPredictor(0.9)
+def test_passive_predictor_sees_the_used_pair_without_changing_decisions(recording_predictor):
+    predictor = recording_predictor(0.9)
     watched = run_episode(SHORT, 15.0, 6, seed=4, predictor=predictor, sim=FAST)
     plain = run_episode(SHORT, 15.0, 6, seed=4, sim=FAST)
     assert np.array_equal(watched.cqi, plain.cqi) and np.array_equal(watched.p_bler, plain.p_bler)
