@@ -1,6 +1,7 @@
 """The paper's centralised experiments (004, Figs. 2-5 analogues), without Flower.
 
 Run:  python experiments/pathloss/centralised.py -o results/pathloss-centralised [--steps 200] [--workers 2]
+          [--mu-file results/pathloss-mu/mu.json]
 
 Writes ``results.json``, ``report.md`` (the tables) and PNGs:
 
@@ -11,7 +12,8 @@ Writes ``results.json``, ``report.md`` (the tables) and PNGs:
   r in {0, 0.1, 1}; ``fig5_slf_<data>.png``: the r = 0.1 SLFs at each size.
 
 Choices where the paper is silent (digest Secs. 6-7): M = 120 links per step on Madrid, no noise, the
-paper's lambdas, N = 10, f-step first, alpha at the ball centre, mu = 1, the exact sparse RBF kernel with
+paper's lambdas, N = 10, f-step first, alpha at the ball centre, the alpha step mu chosen per data set and
+radius by ``select_mu.py`` (``--mu-file``; mu = 1 without it), the exact sparse RBF kernel with
 sigma = 1e-4 m (``--kernel rbf``) or its sigma -> 0 limit K = I (``--kernel identity``, the default: with the
 RBF kernel at mu = 1 the window barely moves, NMSE(w) equal to the baseline's to 4 digits after 12 steps, as
 the digest predicts from |K|^2); NMSE(s) on 2,000 held-out links (noise-free truth, model window times f, digest A14),
@@ -51,11 +53,12 @@ HELDOUT = 2000
 
 def madrid_run(job: tuple[str, float, bool, int, str]) -> dict:
     """One synthetic run: curves of objective, NMSE f, s (held-out) and w vs t, and the final SLF."""
-    mismatch, r, hybrid, steps, kernel = job
+    mismatch, r, hybrid, steps, kernel, mu = job
     start = time.monotonic()
     protocol = MadridSLFProtocol(r=r, mismatch=mismatch, links_per_step=120, random_state=0)
     held = protocol.heldout(HELDOUT)
-    learner = OnlinePathLossLearner(protocol.grid.centres, r=r, learn_window=hybrid and r > 0, kernel=kernel)
+    learner = OnlinePathLossLearner(protocol.grid.centres, r=r, learn_window=hybrid and r > 0, kernel=kernel,
+                                    mu=mu)
     curves = {"t": [], "objective": [], "nmse_f": [], "nmse_w": [], "t_s": [], "nmse_s": []}
     w_error = w_norm = 0.0
     for t in range(1, steps + 1):
@@ -70,7 +73,7 @@ def madrid_run(job: tuple[str, float, bool, int, str]) -> dict:
         if t % EVAL_EVERY == 0 or t == steps:
             curves["t_s"].append(t)
             curves["nmse_s"].append(nmse(learner.predict_shadowing(held.tx_xy, held.rx_xy), held.s_true))
-    return {"mismatch": mismatch, "r": r, "hybrid": hybrid, "kernel": kernel, "curves": curves,
+    return {"mismatch": mismatch, "r": r, "hybrid": hybrid, "kernel": kernel, "mu": mu, "curves": curves,
             "slf": learner.slf.tolist(),
             "corr": slf_scores(learner.slf, protocol.slf_true, scaled=False)[1],
             "seconds": time.monotonic() - start}
@@ -78,7 +81,7 @@ def madrid_run(job: tuple[str, float, bool, int, str]) -> dict:
 
 def realistic_run(job: tuple[str, float, float, int, str]) -> dict:
     """One realistic run: NMSE of the shadowing on the fixed test set after training on a fraction."""
-    source, fraction, r, steps, kernel = job
+    source, fraction, r, steps, kernel, mu = job
     start = time.monotonic()
     data = _realistic(source)
     links = data.links
@@ -89,14 +92,15 @@ def realistic_run(job: tuple[str, float, float, int, str]) -> dict:
     pl0, delta = solve_log_distance(log_distance_stats(distance[train], links.path_loss_db[train]))
     shadowing = links.path_loss_db - pl0 - 10 * delta * np.log10(distance)
     learner = OnlinePathLossLearner(data.grid.centres, lambda1=6e-4, lambda2=1e-5, lambda3=6.1e-4, r=r,
-                                    learn_window=r > 0, eta=V2X_ETA, reference_batch_size=60, kernel=kernel)
+                                    learn_window=r > 0, eta=V2X_ETA, reference_batch_size=60, kernel=kernel,
+                                    mu=mu)
     rng = np.random.default_rng(1)
     for _ in range(steps):
         pick = train[rng.integers(len(train), size=60)]
         learner.partial_fit(links.tx_xy[pick], links.rx_xy[pick], shadowing[pick])
     predicted = learner.predict_shadowing(links.tx_xy[test], links.rx_xy[test])
     nmse_f, corr = slf_scores(learner.slf, data.slf, scaled=True)
-    return {"source": source, "fraction": fraction, "train_size": len(train), "r": r,
+    return {"source": source, "fraction": fraction, "train_size": len(train), "r": r, "mu": mu,
             "nmse_s": nmse(predicted, shadowing[test]),
             "rmse_db": float(np.sqrt(np.mean((predicted - shadowing[test]) ** 2))), "nmse_f_scaled": nmse_f,
             "corr": corr, "pl0": pl0, "delta": delta, "slf": learner.slf.tolist(),
@@ -157,11 +161,13 @@ def report(madrid: list[dict], real: list[dict], steps: int, out: Path, wall: fl
              f"Madrid, M = 120, {steps} steps, hybrid kernel {kernel}; NMSE(f) at t = "
              f"{' / '.join(map(str, checkpoints))}; held-out "
              f"NMSE(s) and cumulative NMSE(w) at t = {steps}; corr = Pearson of the final f with the truth.", "",
-             "| mismatch | r | variant | NMSE(f) | NMSE(s) | NMSE(w) | corr | s |", "|---|---|---|---|---|---|---|---|"]
+             "| mismatch | r | variant | mu | NMSE(f) | NMSE(s) | NMSE(w) | corr | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in madrid:
         f_values = " / ".join(f"{at(run, 'nmse_f', t):.4g}" for t in checkpoints)
         lines.append(f"| {run['mismatch']} | {run['r']:g} | {'hybrid' if run['hybrid'] else 'baseline'} | "
-                     f"{f_values} | {at(run, 'nmse_s', steps):.4g} | {at(run, 'nmse_w', steps):.4g} | "
+                     f"{run['mu'] if run['hybrid'] else '-'} | {f_values} | {at(run, 'nmse_s', steps):.4g} | "
+                     f"{at(run, 'nmse_w', steps):.4g} | "
                      f"{run['corr']:.3f} | {run['seconds']:.0f} |")
     lines += ["", "Hypothesis (paper): at r = 1 the baseline's NMSE(f) is about twice the hybrid's.", "",
               "| mismatch | t | baseline / hybrid | holds (>= 1.5)? |", "|---|---|---|---|"]
@@ -211,17 +217,24 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--out", type=Path, default=Path("results/pathloss-centralised"))
     parser.add_argument("--steps", type=int, default=200, help="Madrid time steps (paper: 200)")
-    parser.add_argument("--real-steps", type=int, default=100, help="realistic-data time steps (paper: 200)")
+    parser.add_argument("--real-steps", type=int, default=200, help="realistic-data time steps (paper: 200)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--kernel", choices=("identity", "rbf"), default="identity",
                         help="window kernel of the hybrid (rbf: the paper's sigma = 1e-4 m, adapts ~|K|^2 slower)")
+    parser.add_argument("--mu-file", type=Path, help="mu.json written by select_mu.py (default: mu = 1 everywhere)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    chosen = json.loads(args.mu_file.read_text()) if args.mu_file else {}
+
+    def mu(data: str, r: float) -> float:
+        return chosen.get(f"{data}:{r:g}", 1.0)
+
     start = time.monotonic()
-    madrid_jobs = [("dense", 0.0, False, args.steps, args.kernel), ("structured", 0.0, False, args.steps, args.kernel)]
-    for mismatch in ("dense", "structured"):
-        madrid_jobs += [(mismatch, r, hybrid, args.steps, args.kernel) for r in RADII[1:] for hybrid in (False, True)]
-    real_jobs = [(s, fr, r, args.real_steps, args.kernel) for s in ("physics", "sionna") for fr in FRACTIONS
+    madrid_jobs = [(m, 0.0, False, args.steps, args.kernel, 1.0) for m in ("dense", "structured")]
+    for m in ("dense", "structured"):
+        madrid_jobs += [(m, r, hybrid, args.steps, args.kernel, mu(f"madrid-{m}", r)) for r in RADII[1:]
+                        for hybrid in (False, True)]
+    real_jobs = [(s, fr, r, args.real_steps, args.kernel, mu(s, r)) for s in ("physics", "sionna") for fr in FRACTIONS
                  for r in REAL_RADII]
     with mp.get_context("spawn").Pool(args.workers) as pool:
         madrid_async = pool.map_async(madrid_run, madrid_jobs)
