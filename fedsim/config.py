@@ -140,6 +140,38 @@ class RunConfig:
     pl_fit_log_distance : bool
         Fit (pl0, delta) federatedly from the clients' normal equations (``a2a-physics`` and
         ``a2a-sionna``); otherwise the paper's 75 dB and 2.9.
+    csi_rooms, csi_samples_per_room, csi_subcarriers, csi_snapshots
+        ``csi-synthetic`` (digest 001 Sec. 6.3): number of rooms (environments; 0 = one per
+        client), samples per room, subcarriers per link M, CSI snapshots per sample T. With
+        ``partitioning = "rooms"`` client k holds rooms k, k+K, ... (one node holds them all:
+        the centralised reference); with ``zones`` the clients share room 0 and client k sees
+        the quarter of the room k mod 4 (label skew).
+    mibo_sensing : str
+        SPG-MIBO upper-level task: ``activity`` (3 classes, cross-entropy),
+        ``respiration-rate`` (Hz, MSE) or ``waveform`` (the T-sample breathing signal, MSE).
+    mibo_method : str
+        ``spg`` (SPG-MIBO: proximal step on the relaxed mask), ``penalty`` (Penalty-MIBO:
+        SGD on the mask with the quadratic penalty eq. 24) or ``separate`` (each task trained
+        alone with its own penalised mask: the paper's Loc-Only / Sen-Only rows).
+    mibo_mask_aggregation : str
+        ``spg-mibo`` strategy: ``mean`` (weighted average, then one server prox step and the
+        exact repair onto the budget), ``vote`` (weighted majority of the binary masks, then
+        top-k into the budget) or ``local`` (personal masks that never leave the client).
+    mibo_profile, mibo_inner_steps, mibo_epsilon, mibo_eta, mibo_eta_w, mibo_eta_mu
+        SPG-MIBO (:class:`fedsim.spg_mibo.SPGMIBOConfig`): ``practical`` (Adam at ``lr`` for the
+        networks) or ``faithful`` (SGD eta/sqrt(t) for the networks), K inner lower-level steps,
+        the relaxation bound, base steps of the networks (faithful) and cut multipliers, of the
+        mask (paper: one eta for all; 0.05 freezes the mask at its random rounding, digest
+        Sec. 4.7) and of the budget multipliers mu.
+    mibo_rho, mibo_rho_delay, mibo_rho_warmup
+        Weight of the integrality regulariser G (1 in the paper), the steps during which it is
+        off (the warm-up the selection needs; 0 = the paper) and a linear ramp after that.
+    mibo_warm_start, mibo_max_cuts, mibo_penalty, mibo_l1_projection, mibo_reset_cuts
+        Keep the K-step lower-level estimate (digest A5; false = the literal reading), cutting
+        planes kept (FIFO), lambda_p of the penalty, exact projection onto the budget after the
+        prox, drop the client's cuts at the start of every round.
+    mibo_n_min, mibo_n_max : int
+        Mask budget; 0 = round(d/3) and round(d/2) with d = links x subcarriers (the paper).
     ff_hidden, ff_threshold, ff_goodness, ff_layer_norm, ff_goodness_layers, ff_label_encoding
         Forward-forward model (:class:`fedsim.forward_forward.FFSpec`): hidden widths
         (``"32,32"``), goodness threshold T, per-``neuron`` or ``mean`` goodness,
@@ -265,6 +297,29 @@ class RunConfig:
     lt_layers: str = "all"
     lt_reset: str = "episode"
     lt_send_back: bool = False
+    csi_rooms: int = 0
+    csi_samples_per_room: int = 1200
+    csi_subcarriers: int = 32
+    csi_snapshots: int = 16
+    mibo_sensing: str = "activity"
+    mibo_method: str = "spg"
+    mibo_mask_aggregation: str = "mean"
+    mibo_profile: str = "practical"
+    mibo_inner_steps: int = 3
+    mibo_epsilon: float = 1e-4
+    mibo_eta: float = 0.05
+    mibo_eta_w: float = 5.0
+    mibo_eta_mu: float = 0.002
+    mibo_rho: float = 1.0
+    mibo_rho_delay: int = 100
+    mibo_rho_warmup: int = 0
+    mibo_warm_start: bool = True
+    mibo_max_cuts: int = 5
+    mibo_penalty: float = 0.05
+    mibo_l1_projection: bool = False
+    mibo_reset_cuts: bool = False
+    mibo_n_min: int = 0
+    mibo_n_max: int = 0
     ff_hidden: str = "32,32"
     ff_threshold: float = 9.0
     ff_goodness: str = "mean"
@@ -377,6 +432,10 @@ class RunConfig:
         _choice("pl-window", self.pl_window, ("hybrid", "baseline"))
         _choice("pl-kernel", self.pl_kernel, ("rbf", "identity"))
         _choice("pl-mismatch", self.pl_mismatch, ("dense", "structured"))
+        _choice("mibo-sensing", self.mibo_sensing, ("activity", "respiration-rate", "waveform"))
+        _choice("mibo-method", self.mibo_method, ("spg", "penalty", "separate"))
+        _choice("mibo-mask-aggregation", self.mibo_mask_aggregation, ("mean", "vote", "local"))
+        _choice("mibo-profile", self.mibo_profile, ("practical", "faithful"))
         _choice("ff-goodness", self.ff_goodness, ("neuron", "mean"))
         _choice("ff-goodness-layers", self.ff_goodness_layers, ("last", "all"))
         _choice("ff-label-encoding", self.ff_label_encoding, ("scalar", "onehot"))
@@ -405,6 +464,13 @@ class RunConfig:
                               f"qos-days = {self.qos_days} days: start before hour {24 * self.qos_days - 1}")
         if (self.dataset in A2A_DATASETS) != (self.partitioning == "vehicles"):
             raise ConfigError("partitioning = 'vehicles' goes with the a2a-* datasets and only with them")
+        if (self.dataset == "csi-synthetic") != (self.partitioning in ("rooms", "zones")):
+            raise ConfigError("partitioning = 'rooms' or 'zones' goes with dataset = 'csi-synthetic' and only with it")
+        if self.mibo_n_max and self.mibo_n_min > self.mibo_n_max:
+            raise ConfigError(f"mibo-n-min = {self.mibo_n_min} is larger than mibo-n-max = {self.mibo_n_max}")
+        if self.mibo_n_max > 2 * self.csi_subcarriers:
+            raise ConfigError(f"mibo-n-max = {self.mibo_n_max} is more than the {2 * self.csi_subcarriers} "
+                              "subcarriers of the 2 links x csi-subcarriers")
         if (self.dataset == "link-adaptation") != (self.partitioning == "ues"):
             raise ConfigError("partitioning = 'ues' goes with dataset = 'link-adaptation' and only with it")
         if self.strategy == "fedavg-deploy" and self.deploy_after >= self.num_server_rounds:
@@ -442,15 +508,16 @@ class RunConfig:
             )
 
 
-SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy", "pathloss")
+SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy", "pathloss", "spg-mibo")
 """Built-in strategies without clusters (``num-clusters`` does not apply)."""
 OFFLINE_DATASETS = ("digits", "mnist-5k")
 LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10", "qos-csv")
 A2A_DATASETS = ("a2a-madrid", "a2a-physics", "a2a-sionna")
-DATASETS = OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation") + A2A_DATASETS
+DATASETS = (OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation", "csi-synthetic")
+            + A2A_DATASETS)
 CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear", "cells")
-PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues", "vehicles") + CLUSTERED_PARTITIONINGS
-MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp", "ff-mlp", "slf")
+PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues", "vehicles", "rooms", "zones") + CLUSTERED_PARTITIONINGS
+MODELS = ("mlp", "cnn", "autoencoder", "linear", "qos-mlp", "ff-mlp", "slf", "mibo-mlp")
 
 
 def _positive(x: float) -> bool:
@@ -498,6 +565,22 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("pl_heldout_links", lambda x: x >= 1, "at least 1"),
     ("pl_mismatch_r", lambda x: x >= 0, "non-negative"),
     ("pl_noise_std", lambda x: x >= 0, "non-negative"),
+    ("csi_rooms", lambda x: x >= 0, "non-negative (0 = one room per client)"),
+    ("csi_samples_per_room", lambda x: x >= 10, "at least 10"),
+    ("csi_subcarriers", lambda x: x >= 4, "at least 4"),
+    ("csi_snapshots", lambda x: x >= 2, "at least 2"),
+    ("mibo_inner_steps", lambda x: x >= 0, "non-negative"),
+    ("mibo_epsilon", lambda x: x >= 0, "non-negative"),
+    ("mibo_eta", _positive, "positive"),
+    ("mibo_eta_w", _positive, "positive"),
+    ("mibo_eta_mu", _positive, "positive"),
+    ("mibo_rho_delay", lambda x: x >= 0, "non-negative (steps; 0 = none)"),
+    ("mibo_rho", lambda x: x >= 0, "non-negative"),
+    ("mibo_rho_warmup", lambda x: x >= 0, "non-negative (steps; 0 = none)"),
+    ("mibo_max_cuts", lambda x: x >= 1, "at least 1"),
+    ("mibo_penalty", lambda x: x >= 0, "non-negative"),
+    ("mibo_n_min", lambda x: x >= 0, "non-negative (0 = round(d/3))"),
+    ("mibo_n_max", lambda x: x >= 0, "non-negative (0 = round(d/2))"),
     ("qos_online_start_h", lambda x: x >= 1, "at least 1 (hours of history)"),
     ("bcd_lambda", lambda x: x >= 0, "non-negative"),
     ("bcd_beta", lambda x: x >= 0, "non-negative"),

@@ -161,3 +161,47 @@ class SLFModel(nn.Module):
         self.slf = nn.Parameter(torch.zeros(num_pixels, dtype=torch.float64))
         self.register_buffer("pl0", torch.tensor([pl0_db], dtype=torch.float64))
         self.register_buffer("delta", torch.tensor([delta], dtype=torch.float64))
+
+
+class MIBOModel(nn.Module):
+    """Localisation and sensing networks reading CSI through relaxed subcarrier masks (SPG-MIBO, paper 001).
+
+    The networks are the digest's MLPs (:func:`fedsim.spg_mibo.make_task_mlp`); ``mask`` is the relaxed
+    mask w in [0, 1]^d shared by both tasks, initialised U(0.4, 0.6) (digest Sec. 4.7). With ``separate``
+    the sensing network has its own mask ``mask_sen`` (the single-task baselines); ``mask`` is then the
+    localisation network's. The masks are buffers: they are learned by the SPG-MIBO trainer's proximal
+    step, not by an optimiser, and travel with the model's state dict.
+
+    Parameters
+    ----------
+    input_shape : tuple[int, int, int, int]
+        ``(channels, links, subcarriers, snapshots)`` of one sample.
+    sensing_outputs : int
+        Outputs of the sensing network (3 activity classes, 1 rate, or T waveform samples).
+    separate : bool
+        Give the sensing network its own mask.
+    hidden : tuple[int, ...]
+        Hidden widths of both networks.
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int, int], sensing_outputs: int, separate: bool = False,
+                 hidden: tuple[int, ...] = (128, 64)) -> None:
+        from fedsim.spg_mibo import make_task_mlp
+
+        super().__init__()
+        _, links, subcarriers, _ = input_shape
+        self.input_shape = tuple(input_shape)
+        self.loc = make_task_mlp(math.prod(input_shape), 2, hidden)
+        self.sen = make_task_mlp(math.prod(input_shape), sensing_outputs, hidden)
+        self.register_buffer("mask", 0.4 + 0.2 * torch.rand(links * subcarriers))
+        if separate:
+            self.register_buffer("mask_sen", 0.4 + 0.2 * torch.rand(links * subcarriers))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Position and sensing outputs with the relaxed masks."""
+        from fedsim.spg_mibo import apply_mask
+
+        _, links, subcarriers, _ = self.input_shape
+        sen_mask = self.mask_sen if hasattr(self, "mask_sen") else self.mask
+        return (self.loc(apply_mask(x, self.mask, links, subcarriers)),
+                self.sen(apply_mask(x, sen_mask, links, subcarriers)))

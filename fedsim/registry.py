@@ -97,13 +97,15 @@ strategies = Registry(
         "bcd-qos": "strategies.bcd_qos:build",
         "fedavg-deploy": "strategies.deployment:build",
         "pathloss": "strategies.pathloss:build",
+        "spg-mibo": "strategies.spg_mibo:build",
     },
 )
 client_roles = Registry(
     "client role",
     "fedsim.clients",
     {"local-train": "clients.local_train:LocalTrainRole", "qos-cell": "clients.qos_cell:QosCellRole",
-     "lighttune": "clients.lighttune:LightTuneRole", "pathloss": "clients.pathloss:PathLossRole"},
+     "lighttune": "clients.lighttune:LightTuneRole", "pathloss": "clients.pathloss:PathLossRole",
+     "spg-mibo": "clients.spg_mibo:SPGMIBORole"},
 )
 tasks = Registry(
     "task",
@@ -115,5 +117,6 @@ tasks = Registry(
         "qos": "fedsim.tasks:QosTask",
         "bler": "fedsim.tasks:BlerTask",
         "pathloss": "fedsim.tasks:PathLossTask",
+        "mibo": "fedsim.tasks:MIBOTask",
     },
 )

@@ -728,8 +728,14 @@ class _MaskedTrainer:
             order = torch.randperm(n, generator=g)
         return list(torch.split(order, self.config.batch_size))
 
-    def _prep(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(features).to(self.dtype)
+    def _prep(self, features: torch.Tensor, check_finite: bool = False) -> torch.Tensor:
+        x = torch.as_tensor(features)
+        if x.ndim != 5 or x.shape[2] != self.n_pair or x.shape[3] != self.n_sub:
+            raise ValueError(f"CSI features must have shape (batch, channels, {self.n_pair}, {self.n_sub}, "
+                             f"snapshots), got {tuple(x.shape)}")
+        if check_finite and not torch.isfinite(x).all():
+            raise ValueError(f"CSI features hold {int((~torch.isfinite(x)).sum())} NaN or infinite values")
+        return x.to(self.dtype)
 
 
 def _task_loss(out: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
@@ -962,7 +968,7 @@ class SPGMIBOTrainer(_MaskedTrainer):
         ``grad_v_sq`` over the epoch's steps, the end-of-epoch ``ifg``, ``mask_l1``, ``n_cuts``, ``mu1``, ``mu2``, the
         running averages ``A_w, A_u, A_v`` since ``t = 0``, ``epoch``, ``t`` and ``steps``.
         """
-        features = self._prep(features)
+        features = self._prep(features, check_finite=True)
         position, target = torch.as_tensor(position), torch.as_tensor(target)
         history = []
         for epoch in range(int(epochs)):
@@ -1093,7 +1099,7 @@ class SingleTaskTrainer(_MaskedTrainer):
     def fit(self, features: torch.Tensor, target: torch.Tensor, epochs: int = 1,
             shuffle_seed: int | None = None) -> list[dict[str, float]]:
         """Epochs of :meth:`step`; per-epoch means of the loss and proxies, end-of-epoch ``ifg``, ``A_w/A_u/A_v``."""
-        features, target = self._prep(features), torch.as_tensor(target)
+        features, target = self._prep(features, check_finite=True), torch.as_tensor(target)
         history = []
         for epoch in range(int(epochs)):
             rows = [self.step(features[idx], target[idx])

@@ -273,3 +273,35 @@ class PathLossTask(Task):
         from fedsim.models import SLFModel
 
         return SLFModel(madrid_grid().num_pixels)
+
+
+class MIBOTask(Task):
+    """Joint localisation and sensing from CSI through a shared subcarrier mask (SPG-MIBO, paper 001).
+
+    The model is a :class:`~fedsim.models.MIBOModel` over the ``csi-synthetic`` features
+    ``(3, 2 links, csi-subcarriers, csi-snapshots)``; training and scoring are the ``spg-mibo`` client
+    role's (:mod:`clients.spg_mibo`), and the ``spg-mibo`` strategy aggregates the networks and the mask
+    (``local-only`` keeps everything on the clients). ``eval-loss`` is the sum of the two task losses;
+    ``eval-accuracy`` (activity sensing) is the headline when present.
+    """
+
+    models = ("mibo-mlp",)
+    metric = "accuracy"
+    higher_is_better = True
+
+    @classmethod
+    def check_config(cls, config: RunConfig) -> None:
+        super().check_config(config)
+        if config.dataset != "csi-synthetic" or config.client_role != "spg-mibo":
+            raise ConfigError("task = 'mibo' needs dataset = 'csi-synthetic' and client-role = 'spg-mibo'")
+        if config.strategy not in ("spg-mibo", "local-only"):
+            raise ConfigError(f"task = 'mibo' needs strategy = 'spg-mibo' (or 'local-only'), not '{config.strategy}':"
+                              " the mask is aggregated with a proximal step and a budget repair")
+
+    def build_model(self) -> nn.Module:
+        from fedsim.models import MIBOModel
+
+        cfg = self.config
+        outputs = {"activity": 3, "respiration-rate": 1, "waveform": cfg.csi_snapshots}[cfg.mibo_sensing]
+        return MIBOModel((3, 2, cfg.csi_subcarriers, cfg.csi_snapshots), outputs,
+                         separate=cfg.mibo_method == "separate")
