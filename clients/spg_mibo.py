@@ -263,6 +263,8 @@ class SPGMIBORole:
                                                             if k in state})
             state = {k: v for k, v in state.items() if k not in MASK_KEYS}
         metrics[protocol.NUM_EXAMPLES] = len(data.x_train)
+        if personal:  # local-only: the model stays here, only metrics travel
+            return Message(RecordDict({protocol.METRICS: MetricRecord(metrics)}), reply_to=msg)
         reply = RecordDict({protocol.ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
                             protocol.METRICS: MetricRecord(metrics)})
         return Message(reply, reply_to=msg)
