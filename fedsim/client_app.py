@@ -20,7 +20,7 @@ strategy drops with a warning.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -28,6 +28,7 @@ from flwr.clientapp import ClientApp
 from threadpoolctl import threadpool_limits
 
 from fedsim import protocol
+from fedsim.checkpoint import load_node_state, save_node_state
 from fedsim.config import RunConfig
 from fedsim.registry import client_roles
 
@@ -51,13 +52,44 @@ def role_for(context: Context):
     return _role(tuple(sorted(context.run_config.items())))
 
 
+def with_node_state_checkpoints(handler):
+    """Restore a resumed run's node state before ``handler``, and keep the node state after it.
+
+    Active when the message config carries ``checkpoint-dir`` (the server checkpoints the run): on the first
+    message of a resumed run (``resume-round`` k > 0, empty node state) the client loads its state after
+    round k; after each message it writes its state for the message's round (:mod:`fedsim.checkpoint`).
+    """
+
+    @wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        config = msg.content.config_records.get(protocol.CONFIG, {})
+        folder = config.get(protocol.CHECKPOINT_DIR)
+        if not folder:
+            return handler(msg, context)
+        partition_id, _ = protocol.partition_of(context)
+        resume_round = int(config.get(protocol.RESUME_ROUND, 0))
+        if resume_round and not context.state:
+            saved = load_node_state(folder, partition_id, resume_round)
+            if saved is not None:
+                for key, record in saved.items():
+                    context.state[key] = record
+        reply = handler(msg, context)
+        if context.state:
+            save_node_state(folder, partition_id, int(config.get(protocol.SERVER_ROUND, 0)), context.state)
+        return reply
+
+    return wrapped
+
+
 @app.train()
+@with_node_state_checkpoints
 def train(msg: Message, context: Context) -> Message:
     """Local training."""
     return role_for(context).train(msg, context)
 
 
 @app.evaluate()
+@with_node_state_checkpoints
 def evaluate(msg: Message, context: Context) -> Message:
     """Local evaluation."""
     return role_for(context).evaluate(msg, context)
@@ -75,6 +107,7 @@ def whoami(msg: Message, context: Context) -> Message:
 
 
 @app.query("losses")
+@with_node_state_checkpoints
 def losses(msg: Message, context: Context) -> Message:
     """Loss of every model in the message on the local training data."""
     return role_for(context).losses(msg, context)

@@ -141,7 +141,9 @@ class RunConfig:
         Fit (pl0, delta) federatedly from the clients' normal equations (``a2a-physics`` and
         ``a2a-sionna``); otherwise the paper's 75 dB and 2.9.
     csi_rooms, csi_samples_per_room, csi_subcarriers, csi_snapshots
-        ``csi-synthetic`` (digest 001 Sec. 6.3): number of rooms (environments; 0 = one per
+        ``csi-synthetic`` (digest 001 Sec. 6.3; ``csi-sionna``: the same from ray-traced
+        responses of one room, where rooms differ only in their interfered subcarriers, and
+        only 32 subcarriers exist): number of rooms (environments; 0 = one per
         client), samples per room, subcarriers per link M, CSI snapshots per sample T. With
         ``partitioning = "rooms"`` client k holds rooms k, k+K, ... (one node holds them all:
         the centralised reference); with ``zones`` the clients share room 0 and client k sees
@@ -239,7 +241,17 @@ class RunConfig:
     seed : int
         Drives all randomness: partitioning, initial models, sampling, shuffling.
     round_timeout : float
-        Seconds to wait for replies in one round.
+        Seconds to wait for replies in one round; a client that has not replied by then is left
+        out of the round (recorded as ``missing``).
+    min_replies : int
+        Valid training replies a round needs; with fewer the global model is left unchanged
+        for that round (recorded as ``too-few-replies``) and the run goes on.
+    checkpoint_every : int
+        Write a checkpoint (``checkpoint/`` in the run folder: the strategy's state, the global
+        model, RNG states, and each client's node state) every this many rounds; 0 = never.
+    resume : str
+        A run folder to continue from its last checkpoint, in that folder (same configuration
+        apart from ``num-server-rounds``, ``round-timeout``, ``min-replies`` and ``checkpoint-every``).
     results_dir : str
         Where run folders are written; a relative path is taken from
         ``$FEDSIM_RESULTS_ROOT`` if set, else from the working directory.
@@ -373,6 +385,9 @@ class RunConfig:
     local_epochs: int = 1
     seed: int = 0
     round_timeout: float = 600.0
+    min_replies: int = 1
+    checkpoint_every: int = 1
+    resume: str = ""
     results_dir: str = "results"
     record_clients: bool = False
     run_name: str = ""
@@ -464,8 +479,9 @@ class RunConfig:
                               f"qos-days = {self.qos_days} days: start before hour {24 * self.qos_days - 1}")
         if (self.dataset in A2A_DATASETS) != (self.partitioning == "vehicles"):
             raise ConfigError("partitioning = 'vehicles' goes with the a2a-* datasets and only with them")
-        if (self.dataset == "csi-synthetic") != (self.partitioning in ("rooms", "zones")):
-            raise ConfigError("partitioning = 'rooms' or 'zones' goes with dataset = 'csi-synthetic' and only with it")
+        if (self.dataset in CSI_DATASETS) != (self.partitioning in ("rooms", "zones")):
+            raise ConfigError("partitioning = 'rooms' or 'zones' goes with dataset = 'csi-synthetic' or 'csi-sionna' "
+                              "and only with them")
         if self.mibo_n_max and self.mibo_n_min > self.mibo_n_max:
             raise ConfigError(f"mibo-n-min = {self.mibo_n_min} is larger than mibo-n-max = {self.mibo_n_max}")
         if self.mibo_n_max > 2 * self.csi_subcarriers:
@@ -513,7 +529,8 @@ SINGLE_MODEL_STRATEGIES = ("fedavg", "local-only", "fedavg-deploy", "pathloss", 
 OFFLINE_DATASETS = ("digits", "mnist-5k")
 LOCAL_DATASETS = ("mnist", "fashion-mnist", "cifar10", "qos-csv")
 A2A_DATASETS = ("a2a-madrid", "a2a-physics", "a2a-sionna")
-DATASETS = (OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation", "csi-synthetic")
+CSI_DATASETS = ("csi-synthetic", "csi-sionna")
+DATASETS = (OFFLINE_DATASETS + LOCAL_DATASETS + ("mixed-linear", "vehicular-qos", "link-adaptation") + CSI_DATASETS
             + A2A_DATASETS)
 CLUSTERED_PARTITIONINGS = ("rotation", "label-swap", "label-skew", "one-class", "mixed-linear", "cells")
 PARTITIONINGS = ("iid", "dirichlet", "pathological", "ues", "vehicles", "rooms", "zones") + CLUSTERED_PARTITIONINGS
@@ -594,6 +611,8 @@ _RANGES: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("local_epochs", lambda x: x >= 1, "at least 1"),
     ("seed", lambda x: x >= 0, "non-negative"),
     ("round_timeout", _positive, "positive"),
+    ("min_replies", lambda x: x >= 1, "at least 1"),
+    ("checkpoint_every", lambda x: x >= 0, "non-negative (0 = never)"),
 )
 
 

@@ -27,6 +27,10 @@ DEPLOY_EPISODE = "deploy-episode"
 """Deployment rounds (``fedavg-deploy``): the 1-based index of the on-device episode this round runs."""
 STABILITY_WINDOW = "stability-window"
 """Rounds of unchanged assignment after which a client reports itself stable (CLoVE)."""
+CHECKPOINT_DIR = "checkpoint-dir"
+"""The run folder: clients keep their node state under it after each message (see :mod:`fedsim.checkpoint`)."""
+RESUME_ROUND = "resume-round"
+"""The checkpointed round a resumed run continues from (0 in a fresh run): clients restore that node state."""
 
 # MetricRecord keys returned by clients
 NUM_EXAMPLES = "num-examples"

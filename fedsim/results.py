@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.config import RunConfig
+from fedsim.config import ConfigError, RunConfig
 
 HEADLINE_METRICS = ("eval-accuracy", "eval-loss")
 """The first of these that a run reports is its headline metric."""
@@ -48,6 +48,34 @@ def new_run_dir(config: RunConfig) -> Path:
     return path
 
 
+RESUMABLE_CHANGES = ("resume", "num-server-rounds", "round-timeout", "min-replies", "checkpoint-every",
+                     "results-dir", "run-name")
+"""Run-config keys a resumed run may change (the last two: the resumed run's folder is ``resume``); every other
+key must equal the checkpointed run's."""
+
+
+def resumed_run_dir(config: RunConfig) -> Path:
+    """The folder of the run that ``resume`` continues, after checking the configuration did not change.
+
+    Raises
+    ------
+    ConfigError
+        If the folder is not a run folder, or a key other than :data:`RESUMABLE_CHANGES` differs.
+    """
+    path = resolve_results_root(config.resume) if not Path(config.resume).is_absolute() else Path(config.resume)
+    saved = path / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"resume = '{config.resume}' is not a run folder (no {saved})")
+    before = json.loads(saved.read_text())
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and before.get(k) != v)
+    if changed:
+        key = changed[0]
+        allowed = ", ".join(RESUMABLE_CHANGES[1:5])
+        raise ConfigError(f"resume = '{config.resume}': {key} = {config.to_dict()[key]!r} differs from the "
+                          f"checkpointed run's {before.get(key)!r}; only {allowed} may change")
+    return path
+
+
 class RunRecorder:
     """Writes a run folder as the run goes.
 
@@ -65,6 +93,14 @@ class RunRecorder:
         self.rounds: list[dict[str, Any]] = []
         (self.run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         self._jsonl = open(self.run_dir / "rounds.jsonl", "w", encoding="utf-8")
+
+    def restart(self, rounds: list[dict[str, Any]]) -> None:
+        """Start over from the records of a checkpoint (a resumed run continues in the same folder)."""
+        self.rounds = []
+        self._jsonl.seek(0)
+        self._jsonl.truncate()
+        for record in rounds:
+            self.add_round(record)
 
     def add_round(self, record: dict[str, Any]) -> None:
         """Append one round's record (flushed at once, so a crash keeps it)."""

@@ -11,7 +11,8 @@ strategies add reproducible sampling and per-round clustering metrics.
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
+from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -20,6 +21,13 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from fedsim import protocol
+from fedsim.checkpoint import (
+    load_server_checkpoint,
+    remap_node_ids,
+    restore_strategy,
+    save_server_checkpoint,
+    set_rng_state,
+)
 from fedsim.config import ConfigError, RunConfig
 from fedsim.metering import MeteredGrid
 from fedsim.registry import strategies, tasks
@@ -65,7 +73,7 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
     config : RunConfig
         The validated run configuration.
     recorder : RunRecorder, optional
-        Where round records go; without one they are only logged.
+        Where round records go; without one they are only logged (and nothing is checkpointed).
     strategy : Strategy, optional
         Use this strategy instead of building the configured one.
 
@@ -78,9 +86,13 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
     ------
     ConfigError
         Before round 1, if the federation is too small for the configuration.
+    CheckpointError
+        If ``resume`` names a folder without a readable checkpoint.
     """
     start = time.monotonic()
     strategy = strategy or build_strategy(config)
+    if hasattr(strategy, "min_replies"):
+        strategy.min_replies = config.min_replies
     metered = MeteredGrid(grid)
     num_nodes = wait_for_nodes(metered, config)
     if num_nodes < config.min_available_nodes:
@@ -88,23 +100,42 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
             f"min-available-nodes = {config.min_available_nodes} but only {num_nodes} nodes joined the federation"
         )
     config.check_population(num_nodes)
+    checkpoint = None
+    if config.resume:
+        checkpoint = load_server_checkpoint(recorder.run_dir if recorder is not None else Path(config.resume))
+    known_before = {}
+    if checkpoint is not None:
+        restore_strategy(strategy, checkpoint.strategy_state)
+        known_before = dict(getattr(strategy, "partition_of", {}))
     if hasattr(strategy, "discover") and not strategy.discover(metered):
         reasons = {e["reason"] for e in getattr(strategy, "events", [])}
         raise RuntimeError(f"no client could start: {'; '.join(sorted(reasons)) or 'no reply'}")
-    arrays = initial_arrays(strategy, config)
-    rounds: list[dict[str, Any]] = []
-    for server_round in range(1, config.num_server_rounds + 1):
+    if checkpoint is None:
+        arrays, rounds, first_round, offset = initial_arrays(strategy, config), [], 1, 0.0
+    else:
+        follow_nodes(strategy, known_before)
+        set_rng_state(checkpoint.rng_state)
+        arrays, rounds, first_round = checkpoint.arrays, list(checkpoint.rounds), checkpoint.server_round + 1
+        offset = rounds[-1]["elapsed"] if rounds else 0.0
+        if recorder is not None:
+            recorder.restart(rounds)
+        log(INFO, "[fedsim] resumed from the checkpoint of round %s in %s", checkpoint.server_round, config.resume)
+    run_dir = recorder.run_dir if recorder is not None and config.checkpoint_every else None
+    message_config = {protocol.CHECKPOINT_DIR: str(run_dir),
+                      protocol.RESUME_ROUND: checkpoint.server_round if checkpoint else 0} if run_dir else {}
+    for server_round in range(first_round, config.num_server_rounds + 1):
         t0 = time.monotonic()
-        replies = metered.send_and_receive(
-            strategy.configure_train(server_round, arrays, ConfigRecord(), metered), timeout=config.round_timeout
-        )
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(message_config), metered))
+        replies = list(metered.send_and_receive(messages, timeout=config.round_timeout))
+        absent = missing_replies(messages, replies, "train", strategy, config.round_timeout)
+        if hasattr(strategy, "train_messages_sent"):
+            strategy.train_messages_sent = len(messages)
         new_arrays, train_metrics = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays
-        replies = metered.send_and_receive(
-            strategy.configure_evaluate(server_round, arrays, ConfigRecord(), metered), timeout=config.round_timeout
-        )
-        replies = list(replies)
+        messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(message_config), metered))
+        replies = list(metered.send_and_receive(messages, timeout=config.round_timeout))
+        absent += missing_replies(messages, replies, "evaluate", strategy, config.round_timeout)
         eval_metrics = strategy.aggregate_evaluate(server_round, replies)
         now = time.monotonic()
         record: dict[str, Any] = {"round": server_round}
@@ -113,15 +144,50 @@ def run_rounds(grid: Grid, config: RunConfig, recorder: RunRecorder | None = Non
         record.update(_numbers(train_metrics))
         record.update(_numbers(eval_metrics))
         record.update(metered.take_counts())
-        record.update({"round-time": now - t0, "elapsed": now - start})
-        if hasattr(strategy, "drain_events"):
-            record["events"] = strategy.drain_events()
+        record.update({"round-time": now - t0, "elapsed": offset + now - start})
+        events = strategy.drain_events() if hasattr(strategy, "drain_events") else []
+        if events or absent or hasattr(strategy, "drain_events"):
+            record["events"] = events + absent
         rounds.append(record)
         if recorder is not None:
             recorder.add_round(record)
         log(INFO, "[fedsim] %s", progress_line(record, config.num_server_rounds))
+        if run_dir is not None and (server_round % config.checkpoint_every == 0
+                                    or server_round == config.num_server_rounds):
+            save_server_checkpoint(run_dir, server_round, arrays, strategy, rounds)
     summary = recorder.finish({"num-nodes": num_nodes}, arrays) if recorder is not None else {}
     return {"rounds": rounds, "arrays": arrays, "summary": summary}
+
+
+def missing_replies(messages: list[Message], replies: list[Message], stage: str, strategy,
+                    timeout: float) -> list[dict[str, Any]]:
+    """One ``missing`` event per node that was sent a message and did not reply within the round timeout."""
+    answered = {r.metadata.src_node_id for r in replies}
+    partition_of = getattr(strategy, "partition_of", {})
+    events = []
+    for node in sorted({m.metadata.dst_node_id for m in messages} - answered):
+        partition = partition_of.get(node)
+        log(WARNING, "[fedsim] %s: no reply from %s within round-timeout = %s s", stage,
+            f"partition {partition}" if partition is not None else f"node {node}", timeout)
+        events.append({"event": "missing", "stage": stage, "node-id": node, "partition-id": partition,
+                       "reason": f"no reply within round-timeout = {timeout} s"})
+    return events
+
+
+def follow_nodes(strategy, known_before: dict[int, int]) -> None:
+    """After a resume, re-key the strategy's per-node state from the checkpoint's node ids to the live ones.
+
+    A node is the same client when it serves the same partition; ids that are no longer live are forgotten.
+    """
+    partition_of = getattr(strategy, "partition_of", None)
+    if partition_of is None:
+        return
+    live = {p: n for n, p in partition_of.items() if n not in known_before or known_before[n] != p}
+    mapping = {old: live[p] for old, p in known_before.items() if p in live and live[p] != old}
+    remap_node_ids(strategy, mapping)
+    for old in mapping:
+        partition_of.pop(old, None)
+        getattr(strategy, "node_info", {}).pop(old, None)
 
 
 def per_client_metrics(replies: list[Message], partition_of: dict[int, int]) -> dict[str, dict[str, Any]]:

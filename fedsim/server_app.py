@@ -14,7 +14,7 @@ from flwr.supercore import log
 
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data.sources import DataSourceError
-from fedsim.results import RunRecorder, new_run_dir
+from fedsim.results import RunRecorder, new_run_dir, resumed_run_dir
 from fedsim.runner import run_rounds
 
 app = ServerApp()
@@ -38,13 +38,17 @@ def main(grid: Grid, context: Context) -> None:
         raise RunAborted(f"invalid run config: {err}") from None
     for warning in config.warnings():
         log(WARNING, "[fedsim] %s", warning)
-    run_dir = new_run_dir(config)
+    try:
+        run_dir = resumed_run_dir(config) if config.resume else new_run_dir(config)
+    except ConfigError as err:
+        log(ERROR, "[fedsim] %s", err)
+        raise RunAborted(str(err)) from None
     log(INFO, "[fedsim] %s with %s on %s/%s, %s rounds; results in %s", config.strategy, config.client_role,
         config.dataset, config.partitioning, config.num_server_rounds, run_dir)
     recorder = RunRecorder(run_dir, config)
     try:
         result = run_rounds(grid, config, recorder)
-    except (ConfigError, DataSourceError, RuntimeError) as err:
+    except (ConfigError, DataSourceError, RuntimeError) as err:  # CheckpointError is a RuntimeError
         log(ERROR, "[fedsim] %s", err)
         raise RunAborted(str(err)) from None
     summary = result["summary"]

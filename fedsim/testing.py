@@ -50,7 +50,9 @@ class LoopbackGrid(Grid):
             for pid, node_id in enumerate(ids)
         }
         self.down: set[int] = set()
-        """Node ids that do not answer (to simulate failures)."""
+        """Node ids that are gone: not listed, not answering (a node that left)."""
+        self.silent: set[int] = set()
+        """Node ids that are listed but never answer (a crashed or hung ClientApp: the round times out)."""
 
     def set_run(self, run) -> None:  # noqa: D102 - nothing to set in-process
         pass
@@ -79,7 +81,7 @@ class LoopbackGrid(Grid):
         replies = []
         for message in messages:
             node = message.metadata.dst_node_id
-            if node in self.down:
+            if node in self.down or node in self.silent:
                 continue
             context = self.contexts[node]
             saved_state = copy.deepcopy(context.state)

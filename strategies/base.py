@@ -90,6 +90,10 @@ class PartitionAwareMixin:
         self.partition_of: dict[int, int] = {}
         self.node_info: dict[int, dict[str, float]] = {}
         self.events: list[dict] = []
+        self.min_replies = 1
+        """Valid training replies a round needs; with fewer, the round leaves the model unchanged."""
+        self.train_messages_sent = 1
+        """Training messages of the current round (set by the round loop; 0: a round without training)."""
 
     # -- node directory -------------------------------------------------------------
     def discover(self, grid: Grid) -> dict[int, int]:
@@ -167,6 +171,12 @@ class PartitionAwareMixin:
                 valid.append(reply)
             else:
                 self._drop(reply.metadata.src_node_id, stage, reason)
+        if stage == "train" and self.train_messages_sent and len(valid) < self.min_replies:
+            reason = f"{len(valid)} valid replies, fewer than min-replies = {self.min_replies}: model left unchanged"
+            log(WARNING, "train round: %s", reason)
+            self.events.append({"event": "too-few-replies", "stage": stage, "valid": len(valid),
+                                "min-replies": self.min_replies, "reason": reason})
+            return []
         return self.sort_by_partition(valid)
 
     def drain_events(self) -> list[dict]:

@@ -104,6 +104,7 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
         self.init = init
         self.first_assignment = first_assignment
         self.models: list[ArrayRecord] = []
+        self._message_config: dict = {}
         self.assignment: dict[int, int] = {}
         """Model index of each node trained this round."""
         self.latest_model: dict[int, int] = {}
@@ -131,8 +132,9 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
         raise NotImplementedError
 
     def query_config(self, server_round: int) -> ConfigRecord:
-        """Config sent with the loss query (subclasses add keys)."""
-        return ConfigRecord({protocol.SERVER_ROUND: server_round})
+        """Config sent with the loss query: the round's message config (e.g. checkpoint keys), the round number
+        (subclasses add keys)."""
+        return ConfigRecord({**self._message_config, protocol.SERVER_ROUND: server_round})
 
     # -- train --------------------------------------------------------------------------
     def query_losses(self, grid: Grid, nodes: list[int], models: list[ArrayRecord],
@@ -159,6 +161,7 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Query losses, assign every sampled client a model and send it only that model."""
+        self._message_config = dict(config)
         self.models = split_models(arrays)
         self.round_metrics = {}
         nodes = self.sample_nodes(grid, server_round, self.fraction_train, 1, "train")

@@ -66,7 +66,10 @@ def test_all_replies_bad_keeps_the_model(fedavg_round):
     strategy, messages = fedavg_round
     replies = [_reply(m, None, {"num-examples": 5}) for m in messages]
     assert strategy.aggregate_train(1, replies) == (None, None)
-    assert all("expected one ArrayRecord" in e["reason"] for e in strategy.drain_events())
+    events = strategy.drain_events()
+    assert all("expected one ArrayRecord" in e["reason"] for e in events if e["event"] == "dropped")
+    assert [e["event"] for e in events].count("dropped") == len(messages)
+    assert events[-1]["event"] == "too-few-replies" and events[-1]["valid"] == 0
 
 
 def test_crashing_client_is_dropped_and_run_completes(loopback, monkeypatch):
