@@ -2,7 +2,9 @@
 
 Each client holds the CSI of its own rooms (``partitioning = "rooms"``: client k has rooms k, k+K, ... of
 ``csi-rooms``, each its own environment: static multipath and interfered subcarriers) or of its own quarter
-of one room (``zones``: label skew), from :func:`fedsim.data.csi.make_csi_dataset`. Features are standardised
+of one room (``zones``: label skew), from :func:`fedsim.data.csi.make_csi_dataset` (``csi-synthetic``) or
+:func:`fedsim.data.csi_sionna.load_sionna_csi` (``csi-sionna``: ray-traced responses of one room, so rooms
+differ only in their interfered subcarriers). Features are standardised
 with the client's own training moments (local preprocessing: nothing about the data leaves the client);
 positions are regressed in room-normalised coordinates ``(x / W, y / H)``.
 
@@ -39,6 +41,7 @@ from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordD
 from fedsim import protocol
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data.csi import CSIRoom, feature_moments, make_csi_dataset, standardise
+from fedsim.data.csi_sionna import load_sionna_csi
 from fedsim.registry import tasks
 from fedsim.seeding import derive_seed
 from fedsim.spg_mibo import (
@@ -106,8 +109,9 @@ def _client_csi(frozen: tuple, client: int, num_clients: int) -> ClientCSI:
     for index in client_rooms(config, client, num_clients):
         zones = (client % N_ZONES,) if config.partitioning == "zones" else None
         sample_seed = derive_seed(config.seed, client if zones else index, 708)
-        data = make_csi_dataset(config.csi_samples_per_room, room=geometry,
-                                env_seed=derive_seed(config.seed, index, 707), seed=sample_seed, zones=zones)
+        make = load_sionna_csi if config.dataset == "csi-sionna" else make_csi_dataset
+        data = make(n_samples=config.csi_samples_per_room, room=geometry,
+                    env_seed=derive_seed(config.seed, index, 707), seed=sample_seed, zones=zones)
         parts.append(data)
         mask = data.informative.reshape(-1)
         informative = mask if informative is None else informative & mask

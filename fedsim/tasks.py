@@ -292,8 +292,13 @@ class MIBOTask(Task):
     @classmethod
     def check_config(cls, config: RunConfig) -> None:
         super().check_config(config)
-        if config.dataset != "csi-synthetic" or config.client_role != "spg-mibo":
-            raise ConfigError("task = 'mibo' needs dataset = 'csi-synthetic' and client-role = 'spg-mibo'")
+        from fedsim.config import CSI_DATASETS
+
+        if config.dataset not in CSI_DATASETS or config.client_role != "spg-mibo":
+            raise ConfigError("task = 'mibo' needs dataset = 'csi-synthetic' or 'csi-sionna' and "
+                              "client-role = 'spg-mibo'")
+        if config.dataset == "csi-sionna" and config.csi_subcarriers != 32:
+            raise ConfigError(f"csi-subcarriers = {config.csi_subcarriers}: the ray-traced csi-sionna data has 32")
         if config.strategy not in ("spg-mibo", "local-only"):
             raise ConfigError(f"task = 'mibo' needs strategy = 'spg-mibo' (or 'local-only'), not '{config.strategy}':"
                               " the mask is aggregated with a proximal step and a budget repair")

@@ -231,3 +231,11 @@ def test_flwr_run_matches_the_loopback_run(flower, tmp_path):
         assert real["bytes-up"] == local["bytes-up"]
         for key in ("eval-loss", "eval-accuracy", "mask-ifg"):
             assert real[key] == pytest.approx(local[key], rel=1e-6, abs=1e-9), key
+
+
+def test_the_ray_traced_csi_runs_through_the_same_role():
+    result, *_ = _run(**{"dataset": "csi-sionna", "num-server-rounds": 1, "csi-samples-per-room": 150})
+    record = result["rounds"][0]
+    assert 0 < record["eval-accuracy"] <= 1 and record["eval-loc-error-m"] > 0
+    with pytest.raises(ConfigError, match="the ray-traced csi-sionna data has 32"):
+        RunConfig.from_mapping({**SMALL, "dataset": "csi-sionna", "csi-subcarriers": 16})
