@@ -57,7 +57,9 @@ def with_node_state_checkpoints(handler):
 
     Active when the message config carries ``checkpoint-dir`` (the server checkpoints the run): on the first
     message of a resumed run (``resume-round`` k > 0, empty node state) the client loads its state after
-    round k; after each message it writes its state for the message's round (:mod:`fedsim.checkpoint`).
+    round k; after a message that changed the state it writes the state for the message's round
+    (:mod:`fedsim.checkpoint`). Roles replace records (``context.state[key] = ...``), never change them in
+    place, so a changed entry is a new object.
     """
 
     @wraps(handler)
@@ -73,8 +75,9 @@ def with_node_state_checkpoints(handler):
             if saved is not None:
                 for key, record in saved.items():
                     context.state[key] = record
+        before = {key: id(record) for key, record in context.state.items()}
         reply = handler(msg, context)
-        if context.state:
+        if {key: id(record) for key, record in context.state.items()} != before:
             save_node_state(folder, partition_id, int(config.get(protocol.SERVER_ROUND, 0)), context.state)
         return reply
 
