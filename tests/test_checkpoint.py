@@ -156,3 +156,32 @@ def test_too_few_replies_leave_the_model_unchanged_and_the_run_goes_on(tmp_path)
     assert "train-loss" not in result["rounds"][0]
     first_eval = result["rounds"][0]["eval-accuracy"]
     assert result["rounds"][1]["eval-accuracy"] == first_eval  # the initial model both times
+
+
+# -- the same through real `flwr run` (Ray backend): a stopped run resumed by a second `flwr run` ---------------
+
+
+@pytest.mark.slow
+def test_flwr_run_resumes_a_stopped_run(flower, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    keys = {**CLOVE, "num-server-rounds": 3}
+    overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in keys.items())
+
+    def flwr_run(*extra):
+        proc = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", str(root), "-n", "4", "-c", overrides,
+                               "-c", f"results-dir='{tmp_path}' run-name='stop'", *extra],
+                              env=flower, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    flwr_run("-c", "num-server-rounds=2")
+    flwr_run("-c", f"resume='{tmp_path / 'stop'}'")
+    rounds = [json.loads(line) for line in (tmp_path / "stop" / "rounds.jsonl").read_text().splitlines()]
+    reference = _run(tmp_path, keys, "full", 4)  # uninterrupted, on the loopback grid
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    for real, local in zip(rounds, reference["rounds"], strict=True):
+        for key in ("eval-accuracy", "eval-loss", "train-loss", "ari"):
+            assert real[key] == pytest.approx(local[key], rel=1e-6, abs=1e-9), (real["round"], key)
