@@ -129,8 +129,10 @@ def run_suite(suite: Suite, out: Path, workers: int = 2, rounds: int | None = No
     for setting in suite.settings:
         for strategy in setting.strategies:
             for seed in suite.seeds:
-                keys = {**setting.config, "strategy": strategy, "seed": seed, "results-dir": str(out),
-                        "run-name": f"{setting.name}/{strategy}-s{seed}"}
+                # a suite resumes by re-running unfinished runs, so checkpoints would only fill the disk
+                # (a path-loss client's node state is tens of MB per round); a setting may still ask for them
+                keys = {"checkpoint-every": 0, **setting.config, "strategy": strategy, "seed": seed,
+                        "results-dir": str(out), "run-name": f"{setting.name}/{strategy}-s{seed}"}
                 if rounds is not None:
                     keys["num-server-rounds"] = rounds
                 run_dir = out / setting.name / f"{strategy}-s{seed}"
