@@ -85,11 +85,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
+class _Pickler(pickle.Pickler):
+    """Pickles memoryviews as bytes: arrays received over the network (deployment) hold views of the buffer."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, memoryview):
+            return bytes, (obj.tobytes(),)
+        return NotImplemented
+
+
 def _atomic_pickle(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as fh:
         try:
-            pickle.dump(obj, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            _Pickler(fh, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
         except (pickle.PicklingError, TypeError, AttributeError) as err:
             fh.close()
             os.unlink(fh.name)

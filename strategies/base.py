@@ -132,6 +132,10 @@ class PartitionAwareMixin:
         Returns node ids sorted by partition id.
         """
         by_partition = {p: n for n, p in self.discover(grid).items()}
+        for gone in sorted(set(self.partition_of.values()) - set(by_partition)):  # its node died or left
+            log(WARNING, "%s round %s: partition %s has no live node", purpose, server_round, gone)
+            self.events.append({"event": "missing", "stage": purpose, "node-id": None, "partition-id": gone,
+                                "reason": "its node left the federation (no longer live)"})
         partitions = sorted(by_partition)
         size = min(len(partitions), max(int(len(partitions) * fraction), min_nodes))
         rng = random.Random(derive_seed(self.seed, server_round, _PURPOSE[purpose]))

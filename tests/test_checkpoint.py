@@ -7,6 +7,7 @@ import types
 import numpy as np
 import pytest
 
+import fedsim.checkpoint as checkpoint_module
 from fedsim.checkpoint import CheckpointError, load_node_state, load_server_checkpoint, save_node_state
 from fedsim.client_app import app as client_app
 from fedsim.config import ConfigError, RunConfig
@@ -91,6 +92,20 @@ def test_node_state_lookup_takes_the_latest_round_not_after_the_checkpoint(tmp_p
     assert load_node_state(tmp_path, 7, 5) is None
 
 
+def test_arrays_received_over_the_network_are_checkpointed(tmp_path):
+    from flwr.app import Array, ArrayRecord
+
+    from fedsim.checkpoint import save_server_checkpoint
+
+    received = np.arange(6, dtype=np.float32)
+    record = ArrayRecord({"w": Array(received)})
+    record["w"].data = memoryview(record["w"].data)  # what a deployed ServerApp gets: views of the message buffer
+    save_server_checkpoint(tmp_path, 1, record, types.SimpleNamespace(_sent=record), [])
+    checkpoint = load_server_checkpoint(tmp_path)
+    np.testing.assert_array_equal(checkpoint.arrays["w"].numpy(), received)
+    np.testing.assert_array_equal(checkpoint.strategy_state["_sent"]["w"].numpy(), received)
+
+
 def test_resume_refuses_a_changed_configuration_or_a_folder_that_is_no_run(tmp_path):
     _run(tmp_path, {**CLOVE, "num-server-rounds": 1}, "run", 4)
     with pytest.raises(ConfigError, match="lr = 0.5 differs from the checkpointed run's 0.01"):
@@ -107,7 +122,7 @@ def test_a_torn_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
     def broken_dump(*args, **kwargs):
         raise pickle.PicklingError("disk full")
 
-    monkeypatch.setattr(pickle, "dump", broken_dump)
+    monkeypatch.setattr(checkpoint_module._Pickler, "dump", broken_dump)
     from fedsim.checkpoint import save_server_checkpoint
 
     with pytest.raises(CheckpointError, match="disk full"):
@@ -185,3 +200,24 @@ def test_flwr_run_resumes_a_stopped_run(flower, tmp_path):
     for real, local in zip(rounds, reference["rounds"], strict=True):
         for key in ("eval-accuracy", "eval-loss", "train-loss", "ari"):
             assert real[key] == pytest.approx(local[key], rel=1e-6, abs=1e-9), (real["round"], key)
+
+
+def test_a_node_that_leaves_the_federation_is_recorded_as_missing():
+    config = RunConfig.from_mapping({**CLOVE, "strategy": "fedavg", "num-server-rounds": 2})
+    grid = LoopbackGrid(client_app, 4, config.to_dict())
+    gone = sorted(grid.contexts)[1]
+
+    class LeaveAfterRoundOne:
+        run_dir = None
+
+        def add_round(self, record):
+            grid.down.add(gone)  # its SuperNode died: the SuperLink no longer lists it
+
+        def finish(self, *args):
+            return {}
+
+    result = run_rounds(grid, config, recorder=LeaveAfterRoundOne())
+    partition = grid.contexts[gone].node_config["partition-id"]
+    events = [e for e in result["rounds"][1]["events"] if e["event"] == "missing"]
+    assert {(e["stage"], e["partition-id"]) for e in events} == {("train", partition), ("evaluate", partition)}
+    assert all("left the federation" in e["reason"] for e in events)
