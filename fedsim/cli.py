@@ -31,6 +31,7 @@ from typing import Any
 from flwr.common.config import flatten_dict
 
 from fedsim.config import ConfigError, RunConfig
+from fedsim.deploy import add_deploy_parser
 
 
 class UsageError(Exception):
@@ -227,9 +228,7 @@ def cmd_suite(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    """``fedsim suite SUITE.toml``
-    Run a benchmark suite (many seeds and strategies) and write its report.
-``fedsim stop``: stop this app folder's local SuperLink."""
+    """``fedsim stop``: stop this app folder's local SuperLink."""
     port = flower_env(Path(args.app_dir))["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
     out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
     pids = sorted(set(re.findall(r"pid=(\d+)", out)))
@@ -274,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     stop = sub.add_parser("stop", help="stop the local SuperLink daemon of this app folder")
     stop.add_argument("app_dir", nargs="?", default=".")
     stop.set_defaults(func=cmd_stop)
+
+    add_deploy_parser(sub)
     return parser
 
 
