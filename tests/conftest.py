@@ -31,6 +31,31 @@ def loopback():
     return run_loopback
 
 
+def _flwr_run(env: dict, keys: dict, nodes: int, results: Path, name: str, *extra: str) -> list[dict]:
+    """``fedsim run`` the app for real (``flwr run``, Ray backend) with run-config ``keys``; return its rounds.
+
+    ``extra`` are further ``-c`` overrides (applied last). Fails the test with the output's tail if it fails.
+    """
+    import json
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in keys.items())
+    command = [sys.executable, "-m", "fedsim.cli", "run", str(root), "-n", str(nodes), "-c", overrides,
+               "-c", f"results-dir='{results}' run-name='{name}'"]
+    for override in extra:
+        command += ["-c", override]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return [json.loads(line) for line in (Path(results) / name / "rounds.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture
+def flwr_run(flower):
+    """``flwr_run(keys, nodes, results_dir, run_name, *overrides)``: a real ``fedsim run``; returns its rounds."""
+    return lambda *args: _flwr_run(flower, *args)
+
+
 class RecordingPredictor:
     """A link-adaptation ``Predictor`` that always predicts ``value`` and records every call."""
 

@@ -1,8 +1,5 @@
 """The federated path-loss map (paper 004, digest Sec. 8) on the loopback grid, and one real `flwr run`."""
 
-import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -182,17 +179,10 @@ def test_the_sionna_data_is_split_by_transmitter():
 
 
 @pytest.mark.slow
-def test_flwr_run_of_fedstats_matches_the_loopback_run(flower, tmp_path):
+def test_flwr_run_of_fedstats_matches_the_loopback_run(flwr_run, tmp_path):
     keys = {**SMALL, "num-server-rounds": 2, "pl-steps-per-round": 1, "pl-links-per-step": 10,
             "pl-heldout-links": 100, "min-available-nodes": 2}
-    overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in keys.items())
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", str(ROOT), "-n", "2", "-c", overrides,
-         "-c", f"results-dir='{tmp_path}' run-name='pathloss'"],
-        env=flower, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    rounds = [json.loads(line) for line in (tmp_path / "pathloss" / "rounds.jsonl").read_text().splitlines()]
+    rounds = flwr_run(keys, 2, tmp_path, "pathloss")
     config = RunConfig.from_mapping(keys)
     reference = run_rounds(LoopbackGrid(client_app, 2, config.to_dict()), config)
     for real, local in zip(rounds, reference["rounds"], strict=True):

@@ -1,9 +1,6 @@
 """Federated SPG-MIBO (digest 001 Sec. 10) on the loopback grid, its mask aggregation, and one real `flwr run`."""
 
-import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,16 +211,9 @@ def test_rooms_are_split_over_the_clients_and_one_node_holds_them_all():
 
 
 @pytest.mark.slow
-def test_flwr_run_matches_the_loopback_run(flower, tmp_path):
+def test_flwr_run_matches_the_loopback_run(flwr_run, tmp_path):
     keys = {**SMALL, "min-available-nodes": 2, "csi-samples-per-room": 100}
-    overrides = " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in keys.items())
-    proc = subprocess.run(
-        [sys.executable, "-m", "fedsim.cli", "run", str(ROOT), "-n", "2", "-c", overrides,
-         "-c", f"results-dir='{tmp_path}' run-name='mibo'"],
-        env=flower, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    rounds = [json.loads(line) for line in (tmp_path / "mibo" / "rounds.jsonl").read_text().splitlines()]
+    rounds = flwr_run(keys, 2, tmp_path, "mibo")
     config = RunConfig.from_mapping(keys)
     reference = run_rounds(LoopbackGrid(client_app, 2, config.to_dict()), config)
     assert len(rounds) == len(reference["rounds"]) == 2

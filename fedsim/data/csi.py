@@ -106,6 +106,18 @@ def _non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+def draw_breathing(room: CSIRoom, seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Respiration of ``n`` samples: chest amplitude (m), rate (Hz), initial phase and the unit waveform (n, T).
+
+    Drawn from the ``seed``'s own breathing stream, so any generator of samples with that seed agrees.
+    """
+    breath = _rng(seed, _BREATH).uniform(size=(n, 3))  # amplitude, rate, phase
+    amplitude = room.breath_amplitude[0] + breath[:, 0] * (room.breath_amplitude[1] - room.breath_amplitude[0])
+    rate = room.breath_rate[0] + breath[:, 1] * (room.breath_rate[1] - room.breath_rate[0])
+    phase0 = 2 * np.pi * breath[:, 2]
+    return amplitude, rate, phase0, np.sin(2 * np.pi * rate[:, None] * room.times + phase0[:, None])
+
+
 def _rng(seed: int, stream: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(stream,)))
 
@@ -606,11 +618,7 @@ def make_csi_dataset(n_samples: int, *, room: CSIRoom = CSIRoom(), env_seed: int
     n, n_pair, m, t_len = int(n_samples), room.n_pair, room.n_subcarriers, room.n_snapshots
     position = points[_rng(seed, _POS).integers(0, len(points), size=n)]
     activity = activity_set[_rng(seed, _ACT).integers(0, len(activity_set), size=n)].astype(np.int64)
-    breath = _rng(seed, _BREATH).uniform(size=(n, 3))  # amplitude, rate, phase
-    amplitude = room.breath_amplitude[0] + breath[:, 0] * (room.breath_amplitude[1] - room.breath_amplitude[0])
-    rate = room.breath_rate[0] + breath[:, 1] * (room.breath_rate[1] - room.breath_rate[0])
-    phase0 = 2 * np.pi * breath[:, 2]
-    waveform = np.sin(2 * np.pi * rate[:, None] * room.times + phase0[:, None])
+    amplitude, rate, phase0, waveform = draw_breathing(room, seed, n)
     sway = _rng(seed, _SWAY).uniform(-room.sway, room.sway, size=(n, 2)) if room.sway > 0 else np.zeros((n, 2))
     scatterer = np.column_stack([position + sway, np.asarray(room.activity_heights)[activity]])
     gamma = _link_gamma(room, activity)

@@ -48,6 +48,7 @@ from fedsim.data.csi import (
     CSIDataset,
     CSIRoom,
     csi_features,
+    draw_breathing,
     make_csi_environment,
     zone_of,
 )
@@ -60,7 +61,7 @@ _GEOMETRY = ("width", "height", "tx", "rx", "carrier_hz", "bandwidth_hz", "n_sub
 _KEYS = ("frequencies", "positions", "static", "body", "rest", "metadata")
 _CHUNK = 512
 # The generator's SeedSequence streams (fedsim.data.csi), so that the same seed draws the same way.
-_POS, _ACT, _BREATH, _PHASE, _AGC, _NOISE = 1, 2, 3, 5, 6, 7
+_POS, _ACT, _PHASE, _AGC, _NOISE = 1, 2, 5, 6, 7  # 3 is the breathing stream (draw_breathing)
 
 
 def _rng(seed: int, stream: int) -> np.random.Generator:
@@ -241,11 +242,7 @@ def load_sionna_csi(path: str | Path = SIONNA_CSI_PATH, n_samples: int = 6000, *
         raise ValueError(f"zones {zone_set.tolist()} contain no traced grid point")
     point = candidates[_rng(seed, _POS).integers(0, len(candidates), size=n)]
     activity = activity_set[_rng(seed, _ACT).integers(0, len(activity_set), size=n)].astype(np.int64)
-    breath = _rng(seed, _BREATH).uniform(size=(n, 3))  # amplitude, rate, phase
-    amplitude = room.breath_amplitude[0] + breath[:, 0] * (room.breath_amplitude[1] - room.breath_amplitude[0])
-    rate = room.breath_rate[0] + breath[:, 1] * (room.breath_rate[1] - room.breath_rate[0])
-    phase0 = 2 * np.pi * breath[:, 2]
-    waveform = np.sin(2 * np.pi * rate[:, None] * room.times + phase0[:, None])
+    amplitude, rate, phase0, waveform = draw_breathing(room, seed, n)
 
     env = make_csi_environment(room, env_seed)  # only its interference blocks are used
     power = float(np.mean(np.abs(traces.static) ** 2))
