@@ -358,28 +358,41 @@ def test_a_wrong_ca_fails_with_a_clear_error(lab, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_client_killed_mid_run_is_recorded_and_the_run_finishes(lab, tmp_path):
-    """Runs last on the lab: it kills node2 (SuperNode and executor) once round 1 is recorded."""
+def test_a_client_killed_mid_run_is_recorded_and_a_restarted_one_rejoins(lab, tmp_path):
+    """Runs last on the lab: node2 (SuperNode and executor) is killed once round 1 is recorded and started again
+    once round 2 is; the run finishes, records partition 2 as left out while it was down, and uses it again."""
     folder = lab["folder"]
-    keys = _run_config(3, 3, tmp_path, "kill").replace("round-timeout=180.0", "round-timeout=45.0")
+    keys = _run_config(5, 3, tmp_path, "kill").replace("round-timeout=180.0", "round-timeout=45.0")
     job = cf.ThreadPoolExecutor(1).submit(_flwr_job, folder / "cli", "lab", keys)
     rounds_file = tmp_path / "kill" / "rounds.jsonl"
-    deadline = time.monotonic() + JOB_TIMEOUT
-    while not (rounds_file.is_file() and rounds_file.read_text().strip()) and time.monotonic() < deadline:
-        assert not job.done(), job.result()[0][-3000:]
-        time.sleep(0.5)
+
+    def wait_for_rounds(count: int) -> None:
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while time.monotonic() < deadline:
+            if rounds_file.is_file() and len(rounds_file.read_text().splitlines()) >= count:
+                return
+            assert not job.done(), job.result()[0][-3000:]
+            time.sleep(0.5)
+        raise AssertionError(f"round {count} not recorded within {JOB_TIMEOUT} s")
+
+    wait_for_rounds(1)
     for label, pid in deploy.running(folder).items():
         if label.endswith("-node2"):
             os.kill(pid, signal.SIGKILL)
+    wait_for_rounds(2)
+    deploy.start_supernode(folder, lab["address"], 2, 3, port=lab["spare_ports"][0])
     out, status = job.result(timeout=JOB_TIMEOUT)
     assert status == "finished:completed", out[-3000:]
     rounds = [json.loads(line) for line in rounds_file.read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert not [e for e in rounds[0]["events"] if e.get("partition-id") == 2]
-    for record in rounds[1:]:  # node2 is left out, recorded as missing (or dropped, if Flower answers for it)
-        left_out = {(e["event"], e["stage"]) for e in record["events"] if e.get("partition-id") == 2}
-        assert {stage for _, stage in left_out} == {"train", "evaluate"}, record["events"]
-        assert 0 < record["eval-accuracy"] <= 1  # the round completed with the two others
+    assert [r["round"] for r in rounds] == [1, 2, 3, 4, 5]
+
+    def left_out(record):
+        return {(e["event"], e["stage"]) for e in record["events"] if e.get("partition-id") == 2}
+
+    assert not left_out(rounds[0])
+    assert {stage for _, stage in left_out(rounds[1])} == {"train", "evaluate"}, rounds[1]["events"]
+    assert not left_out(rounds[-1]), rounds[-1]["events"]  # the restarted node is back (a new node id)
+    assert all(0 < r["eval-accuracy"] <= 1 for r in rounds)  # every round completed
 
 
 # -- separate hosts: network namespaces ------------------------------------------------------------------
