@@ -106,6 +106,16 @@ def _non_negative(name: str, value: float) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
+def impair(h: np.ndarray, room: CSIRoom, noise_std: float, phase_rng: np.random.Generator,
+           agc_rng: np.random.Generator, noise_rng: np.random.Generator) -> np.ndarray:
+    """Per-packet residual common phase and AGC jitter on clean CSI ``h`` (c, links, M, T), then AWGN."""
+    c, n_pair, m, t_len = h.shape
+    common = np.exp(1j * room.phase_noise_std * phase_rng.standard_normal((c, n_pair, 1, t_len)))
+    common *= 10 ** (room.agc_jitter_db * agc_rng.standard_normal((c, n_pair, 1, t_len)) / 20)
+    noise = noise_rng.standard_normal((c, n_pair, m, t_len, 2))
+    return common * h + noise_std * (noise[..., 0] + 1j * noise[..., 1])
+
+
 def draw_breathing(room: CSIRoom, seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Respiration of ``n`` samples: chest amplitude (m), rate (Hz), initial phase and the unit waveform (n, T).
 
@@ -630,12 +640,8 @@ def make_csi_dataset(n_samples: int, *, room: CSIRoom = CSIRoom(), env_seed: int
     static = env.static[None, :, :, None]
     for start in range(0, n, _CHUNK):
         rows = slice(start, min(start + _CHUNK, n))
-        c = rows.stop - rows.start
         h = static + _dynamic(room, scatterer[rows], gamma[rows], 2 * amplitude[rows, None] * waveform[rows])
-        common = np.exp(1j * room.phase_noise_std * phase_rng.standard_normal((c, n_pair, 1, t_len)))
-        common *= 10 ** (room.agc_jitter_db * agc_rng.standard_normal((c, n_pair, 1, t_len)) / 20)
-        noise = noise_rng.standard_normal((c, n_pair, m, t_len, 2))
-        h = common * h + noise_std * (noise[..., 0] + 1j * noise[..., 1])
+        h = impair(h, room, noise_std, phase_rng, agc_rng, noise_rng)
         if csi is not None:
             csi[rows] = h
         features[rows] = csi_features(h - static)

@@ -49,6 +49,7 @@ from fedsim.data.csi import (
     CSIRoom,
     csi_features,
     draw_breathing,
+    impair,
     make_csi_environment,
     zone_of,
 )
@@ -256,14 +257,10 @@ def load_sionna_csi(path: str | Path = SIONNA_CSI_PATH, n_samples: int = 6000, *
     csi = np.empty((n, n_pair, m, t_len), dtype=np.complex64) if keep_csi else None
     for start in range(0, n, _CHUNK):
         rows = slice(start, min(start + _CHUNK, n))
-        c = rows.stop - rows.start
         offset = (2 * amplitude[rows, None] * waveform[rows])[:, None, None, :]  # (c, 1, 1, T) path-length change
         body = traces.body[activity[rows], point[rows]][..., None]
         h = traces.rest[activity[rows], point[rows]][..., None] + body * np.exp(-1j * k * offset)
-        common = np.exp(1j * room.phase_noise_std * phase_rng.standard_normal((c, n_pair, 1, t_len)))
-        common *= 10 ** (room.agc_jitter_db * agc_rng.standard_normal((c, n_pair, 1, t_len)) / 20)
-        noise = noise_rng.standard_normal((c, n_pair, m, t_len, 2))
-        h = common * h + noise_std * (noise[..., 0] + 1j * noise[..., 1])
+        h = impair(h, room, noise_std, phase_rng, agc_rng, noise_rng)
         if csi is not None:
             csi[rows] = h
         features[rows] = csi_features(h - static)
