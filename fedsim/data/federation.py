@@ -93,14 +93,17 @@ def _partitioner(key: tuple, num_partitions: int):
 def _client_data(key: tuple, partition_id: int, num_partitions: int) -> ClientData:
     cfg = dict(zip(DATA_KEYS, key))
     partitioner = _partitioner(key, num_partitions)
-    part = partitioner.load_partition(partition_id)
-    table = part.with_format("numpy")[:]
-    if "x" in table:  # regression
-        x, y = np.asarray(table["x"], np.float32)[:, 0, :], np.asarray(table["y"], np.float32)
+    if hasattr(partitioner, "partition_arrays"):  # fedsim's partitioners: no Dataset round trip
+        x, y = partitioner.partition_arrays(partition_id)
+        x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     else:
-        x, y = np.asarray(table["image"], np.float32), np.asarray(table["label"], np.int64)
-        if len(x) > cfg["samples_per_client"]:  # flwr-datasets partitioners split the whole pool
-            x, y = x[: cfg["samples_per_client"]], y[: cfg["samples_per_client"]]
+        table = partitioner.load_partition(partition_id).with_format("numpy")[:]
+        if "x" in table:  # regression
+            x, y = np.asarray(table["x"], np.float32)[:, 0, :], np.asarray(table["y"], np.float32)
+        else:
+            x, y = np.asarray(table["image"], np.float32), np.asarray(table["label"], np.int64)
+            if len(x) > cfg["samples_per_client"]:  # flwr-datasets partitioners split the whole pool
+                x, y = x[: cfg["samples_per_client"]], y[: cfg["samples_per_client"]]
     order = np.random.default_rng([cfg["seed"], 3, partition_id]).permutation(len(x))
     n_test = max(1, int(round(cfg["test_fraction"] * len(x))))
     test, train = order[:n_test], order[n_test:]
