@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedsim import protocol
+from fedsim.arrays import to_state_dict
 from fedsim.clustering import is_stable
 from fedsim.config import RunConfig
 from fedsim.data.federation import ClientData, load_client_data
@@ -63,7 +64,7 @@ class LocalTrainRole:
         """A model (reused across messages in this process) holding ``arrays``."""
         if self._model is None:
             self._model = self.task.build_model()
-        self._model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        self._model.load_state_dict(to_state_dict(arrays), strict=True)
         return self._model
 
     def fit(self, model: torch.nn.Module, data: ClientData, server_round: int, partition_id: int) -> float:
@@ -86,7 +87,9 @@ class LocalTrainRole:
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, partition_id, server_round))
         optimiser = optimiser_class(parameters, lr=cfg.lr)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(cfg.seed, partition_id, server_round, 1))
+            # the CPU generator only: torch.manual_seed also queues a CUDA seed with a formatted stack trace
+            # on CUDA-less machines: a tenth of a digits client's message time
+            torch.default_generator.manual_seed(derive_seed(cfg.seed, partition_id, server_round, 1))
             return self._epochs(optimiser, gen, num_examples, batch_losses)
 
     def _epochs(self, optimiser, gen: torch.Generator, num_examples: int, batch_losses) -> float:
@@ -178,7 +181,7 @@ class LocalTrainRole:
         data = self.data(context)
         if self._model is None:
             self._model = self.task.build_model()
-        state_dicts = [arrays.to_torch_state_dict() for arrays in protocol.unpack_models(msg.content)]
+        state_dicts = [to_state_dict(arrays) for arrays in protocol.unpack_models(msg.content)]
         values = self.task.mean_losses(self._model, state_dicts, data.x_train, data.y_train)
         metrics = {protocol.LOSSES: values, protocol.NUM_EXAMPLES: data.num_train}
         config = msg.content.config_records.get(protocol.CONFIG, {})
