@@ -27,6 +27,7 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from fedsim import protocol
+from fedsim.arrays import to_numpy
 from fedsim.seeding import derive_seed
 
 _PURPOSE = {"train": 1, "evaluate": 2, "query": 3}
@@ -208,7 +209,8 @@ class PartitionAwareMixin:
             if key not in record:
                 return f"metric '{key}' missing"
         for key, value in record.items():
-            if not np.all(np.isfinite(np.asarray(value, dtype=float))):
+            if not (math.isfinite(value) if isinstance(value, (int, float))
+                    else np.all(np.isfinite(np.asarray(value, dtype=float)))):
                 return f"metric '{key}' is not finite ({value})"
         if record[metric_keys[0]] <= 0:
             return f"'{metric_keys[0]}' must be positive, got {record[metric_keys[0]]}"
@@ -224,6 +226,6 @@ class PartitionAwareMixin:
                 if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
                     return (f"array '{name}' has shape {tuple(arr.shape)} {arr.dtype}, "
                             f"expected {tuple(ref.shape)} {ref.dtype}")
-            if not all(np.isfinite(a.numpy()).all() for a in got.values()):
+            if not all(np.isfinite(to_numpy(a)).all() for a in got.values()):
                 return "update contains NaN or inf"
         return None

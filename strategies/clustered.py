@@ -31,10 +31,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords, aggregate_metricrecords
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from fedsim import protocol
+from fedsim.arrays import to_numpy, weighted_average
 from fedsim.clustering import ari
 from fedsim.seeding import derive_seed, model_seed
 from strategies.base import PartitionAwareMixin, arrays_of, metrics_of, unweighted_means
@@ -205,7 +206,7 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
             if not group:
                 continue
             if self.aggregation == "model":
-                new_models[j] = aggregate_arrayrecords(group, self.weighted_by_key)
+                new_models[j] = weighted_average(group, self.weighted_by_key)
             else:
                 new_models[j] = self.gradient_step(self.models[j], group, num_participants=len(valid))
         metrics = dict(self.round_metrics)
@@ -223,8 +224,8 @@ class ClusteredStrategy(PartitionAwareMixin, Strategy):
     def _step(self, model: ArrayRecord, grads: list[ArrayRecord], coefficients: np.ndarray) -> ArrayRecord:
         out = ArrayRecord()
         for name, array in model.items():
-            theta = array.numpy()
-            direction = sum(c * g[name].numpy() for c, g in zip(coefficients, grads))
+            theta = to_numpy(array)
+            direction = sum(c * to_numpy(g[name]) for c, g in zip(coefficients, grads))
             out[name] = Array((theta - self.server_lr * direction).astype(theta.dtype))
         return out
 

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlowerFedAvg
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from fedsim import protocol
+from fedsim.arrays import weighted_average
 from fedsim.config import RunConfig
 from strategies.base import PartitionAwareMixin
 
@@ -56,7 +56,7 @@ class FedAvg(PartitionAwareMixin, FlowerFedAvg):
         if not valid:
             return None, None
         contents = [m.content for m in valid]
-        return (aggregate_arrayrecords(contents, self.weighted_by_key),
+        return (weighted_average(contents, self.weighted_by_key),
                 self.train_metrics_aggr_fn(contents, self.weighted_by_key))
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -27,8 +27,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
+from fedsim.arrays import weighted_average
 from fedsim.config import RunConfig
 from fedsim.spg_mibo import feasible_binary, integrality_gap, mask_budget, project_l1_band, prox_binary
 from strategies.base import arrays_of, metrics_of
@@ -93,7 +93,7 @@ class SPGMIBOStrategy(FedAvg):
         if not valid:
             return None, None
         contents = [m.content for m in valid]
-        averaged = aggregate_arrayrecords(contents, self.weighted_by_key)
+        averaged = weighted_average(contents, self.weighted_by_key)
         metrics = dict(self.train_metrics_aggr_fn(contents, self.weighted_by_key))
         weights = np.array([float(metrics_of(c)[self.weighted_by_key]) for c in contents])
         steps = [int(metrics_of(c).get("step", 0)) for c in contents]
