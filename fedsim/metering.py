@@ -1,13 +1,25 @@
-"""A Grid wrapper that counts the payload bytes sent to and received from clients."""
+"""A Grid wrapper that counts the payload bytes sent to and received from clients, and polls for replies
+at a pace that fits the number still outstanding."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid import InMemoryGrid
+from flwr.superlink.grid.http_grid import HttpGrid
 
 _SCALAR_BYTES = 8
+
+POLL_SCHEDULES = {InMemoryGrid: (0.002, 1.0), HttpGrid: (0.2, 1.0)}
+"""(shortest, longest) wait between two pulls for replies, by kind of grid; Flower's own grids wait a fixed
+0.1 s (simulation) and 3 s (deployment)."""
+POLL_SECONDS_PER_OUTSTANDING = 5e-4
+"""Wait per reply still outstanding. A pull of the in-memory state holds its lock (and the interpreter) for about
+30 us per outstanding message (profiled at 1,000 clients): waiting 0.5 ms per outstanding reply keeps pulling
+under 6 % of the simulation process while many replies are due, and the last replies are seen within ms."""
 
 
 def content_nbytes(content: RecordDict) -> int:
@@ -48,6 +60,8 @@ class MeteredGrid(Grid):
 
     def __init__(self, grid: Grid) -> None:
         self.grid = grid
+        self.poll_schedule = next((v for k, v in POLL_SCHEDULES.items() if isinstance(grid, k)), None)
+        """(shortest, longest) wait between pulls, or None to use the grid's own ``send_and_receive``."""
         self.bytes_down = self.bytes_up = self.messages_down = self.messages_up = 0
 
     def take_counts(self) -> dict[str, int]:
@@ -98,8 +112,28 @@ class MeteredGrid(Grid):
         return replies
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages`` and pull their replies until all came or ``timeout`` seconds passed.
+
+        The same contract as :meth:`flwr.serverapp.Grid.send_and_receive`; for Flower's simulation and
+        deployment grids the wait between pulls follows :data:`POLL_SCHEDULES` instead of a fixed interval.
+        """
         messages = list(messages)
-        self._count_down(messages)
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        self._count_up(replies)
+        if self.poll_schedule is None:
+            self._count_down(messages)
+            replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+            self._count_up(replies)
+            return replies
+        shortest, longest = self.poll_schedule
+        pending = set(self.push_messages(messages))
+        end = None if timeout is None else time.monotonic() + timeout
+        replies = []
+        while pending:
+            got = list(self.pull_messages(pending))
+            replies += got
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            remaining = None if end is None else end - time.monotonic()
+            if not pending or (remaining is not None and remaining <= 0):
+                break
+            wait = min(max(shortest, POLL_SECONDS_PER_OUTSTANDING * len(pending)), longest)
+            time.sleep(wait if remaining is None else min(wait, remaining))
         return replies

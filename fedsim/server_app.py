@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
+from fedsim import flower_fixes
 from fedsim.config import ConfigError, RunConfig
 from fedsim.data.sources import DataSourceError
 from fedsim.results import RunRecorder, new_run_dir, resumed_run_dir
@@ -46,6 +47,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "[fedsim] %s with %s on %s/%s, %s rounds; results in %s", config.strategy, config.client_role,
         config.dataset, config.partitioning, config.num_server_rounds, run_dir)
     recorder = RunRecorder(run_dir, config)
+    flower_fixes.apply(grid)
     try:
         result = run_rounds(grid, config, recorder)
     except (ConfigError, DataSourceError, RuntimeError) as err:  # CheckpointError is a RuntimeError
