@@ -19,7 +19,8 @@ POLL_SCHEDULES = {InMemoryGrid: (0.002, 1.0), HttpGrid: (0.2, 1.0)}
 POLL_SECONDS_PER_OUTSTANDING = 5e-4
 """Wait per reply still outstanding. A pull of the in-memory state holds its lock (and the interpreter) for about
 30 us per outstanding message (profiled at 1,000 clients): waiting 0.5 ms per outstanding reply keeps pulling
-under 6 % of the simulation process while many replies are due, and the last replies are seen within ms."""
+under 6 % of the simulation process while many replies are due, and the last replies are seen within ms.
+Measured at 1,000 clients (FedAvg, 4 actors): 9.3, 5.7 and 6.4 s per round at 0.25, 0.5 and 1 ms."""
 
 
 def content_nbytes(content: RecordDict) -> int:
