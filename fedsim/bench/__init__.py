@@ -1,0 +1,1 @@
+"""``fedsim bench``: per-round wall time of fedsim's strategies against reference implementations."""
