@@ -1,4 +1,4 @@
-# fedsim: `make run` runs the main job, `make test` runs the tests.
+# fedsim: `make run` runs the main job, `make test` runs the tests, `make bench` the benchmark (about 40 min).
 # Both create .venv and install everything from the project's own files first.
 # The Flower environment (private FLWR_HOME and SuperLink port, runtime dependency
 # installation and telemetry off, offline Hugging Face) is set by `fedsim run`.
@@ -14,7 +14,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: install run test stop clean
+.PHONY: install run test bench stop clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -31,6 +31,9 @@ run: $(STAMP)
 test: $(STAMP)
 	ruff check .
 	python -m pytest -q
+
+bench: $(STAMP)
+	fedsim bench -o results/bench
 
 stop:
 	-fedsim stop
