@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,35 @@ def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str])
     return chosen, config
 
 
+FAB_FILES = (".py", ".toml", ".md", ".yaml", ".yml", ".json", ".jsonl")
+"""Suffixes of the files Flower puts in a FAB (``flwr.common.constant.FAB_INCLUDE_PATTERNS``), plus LICENSE."""
+NEVER_IN_A_FAB = {".venv", ".flwr", ".git", "results", "__pycache__", ".pytest_cache", "build", "dist"}
+"""Folders whose files Flower's FAB rules (and this project's .gitignore) always leave out."""
+
+
+def stage_app(app_dir: Path, into: Path) -> Path:
+    """Hard-link (or copy) the files of ``app_dir`` that can go into its FAB into ``into``; return ``into``.
+
+    ``flwr run DIR`` walks every file under DIR before it filters them, and a checkout holds its virtual
+    environment and its results: 72,000 files, 5.2 s of every run before the SuperLink heard of it. The
+    staged folder yields the same FAB (same files, same hash) without the walk. Symbolic links are left out,
+    as Flower leaves them out.
+    """
+    for folder, subfolders, names in os.walk(app_dir):
+        subfolders[:] = [d for d in subfolders if d not in NEVER_IN_A_FAB and not d.endswith(".egg-info")]
+        for name in names:
+            source = Path(folder) / name
+            if not (name.endswith(FAB_FILES) or name in ("LICENSE", ".gitignore")) or source.is_symlink():
+                continue
+            target = into / source.relative_to(app_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(source, target)
+            except OSError:  # another file system
+                shutil.copy2(source, target)
+    return into
+
+
 def default_actors(cpus_per_client: int = 1) -> int:
     """ClientApp actors of a simulation: two per share of ``cpus_per_client`` cores.
 
@@ -150,7 +180,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         for key, value in chosen.items():
             fh.write(f"{_toml_key(key)} = {_toml_value(value)}\n")
         run_config_file = fh.name
-    command = ["flwr", "run", str(app_dir)]
+    env = flower_env(app_dir)
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix="app-", dir=env["FLWR_HOME"]))
+    command = ["flwr", "run", str(stage_app(app_dir, staged))]
     if args.federation:
         command.append(args.federation)
     command += ["--stream"]
@@ -161,11 +194,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                     f"{args.cpus_per_client} init-args-num-cpus={actors * args.cpus_per_client}"]
     if chosen:
         command += ["--run-config", run_config_file]
-    env = flower_env(app_dir)
     try:
         rc, run_id = _stream(command, env, app_dir)
     finally:
         os.unlink(run_config_file)
+        shutil.rmtree(staged, ignore_errors=True)
     if rc != 0 or run_id is None or args.federation:
         return rc
     status = _run_status(run_id, env, app_dir)

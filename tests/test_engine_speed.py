@@ -225,3 +225,33 @@ def test_client_data_equals_the_dataset_path(partitioning):
         n_test = max(1, int(round(config.test_fraction * len(x))))
         np.testing.assert_array_equal(data.x_test.numpy(), x[order[:n_test]])
         np.testing.assert_array_equal(data.y_train.numpy(), y[order[n_test:]])
+
+
+# -- the staged app folder -------------------------------------------------------------------------------
+def test_staged_app_builds_the_fab_flower_builds_from_the_checkout(tmp_path):
+    """Same FAB bytes, without walking .venv/ and results/ (a symbolic link stays out, as Flower leaves it)."""
+    from pathlib import Path
+
+    from flwr.cli.build import build_fab_from_disk
+
+    from fedsim.cli import stage_app
+
+    repo = Path(__file__).resolve().parents[1]
+    app = tmp_path / "app"
+    for name in ("pyproject.toml", ".gitignore", "README.md"):
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_bytes((repo / name).read_bytes())
+    for folder in ("fedsim", "strategies", "clients"):
+        for source in (repo / folder).rglob("*.py"):
+            target = app / source.relative_to(repo)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    for junk in (".venv/lib/site.py", "results/run/rounds.jsonl", "experiments/x/__pycache__/a.json"):
+        (app / junk).parent.mkdir(parents=True, exist_ok=True)
+        (app / junk).write_text("{}")
+    (app / "experiments" / "x" / "kept.json").write_text("{}")
+    (app / "clients" / "linked.py").symlink_to(app / "clients" / "__init__.py")
+    staged = stage_app(app, tmp_path / "staged")
+    assert (staged / "experiments" / "x" / "kept.json").exists() and not (staged / ".venv").exists()
+    assert not (staged / "clients" / "linked.py").exists()
+    assert build_fab_from_disk(staged) == build_fab_from_disk(app)

@@ -313,6 +313,7 @@ SYSTEMS = ("plain", "flower-fedavg", "fedsim-fedavg", "fedsim-ifca", "fedsim-clo
 def run_bench(out: Path, sizes: list[int], rounds: int, systems: list[str], overrides: dict[str, Any],
               actors: int | None = None, checkpointed: bool = True) -> list[dict[str, Any]]:
     """Run every system at every size; write ``bench.jsonl``, ``table.md`` and ``bench.png`` into ``out``."""
+    out = out.resolve()  # the apps' processes run in other folders
     out.mkdir(parents=True, exist_ok=True)
     results: list[Measurement] = []
     started = time.strftime("%Y-%m-%d %H:%M")
