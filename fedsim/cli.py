@@ -154,14 +154,21 @@ def stage_app(app_dir: Path, into: Path) -> Path:
     return into
 
 
-def default_actors(cpus_per_client: int = 1) -> int:
-    """ClientApp actors of a simulation: two per share of ``cpus_per_client`` cores.
+MANY_CLIENTS = 300
+"""From this many simulated clients on, :func:`default_actors` starts two actors per core."""
 
-    While one actor waits for Flower's engine to hand it the next message (several ms per message), the other
-    computes: at 1,000 digits clients on 2 cores a FedAvg round took 5.7 s with 4 actors and 8.3 s with 2
-    (``fedsim bench``); at 100 clients they tie. Each actor holds a Python process with torch (~0.5 GB).
+
+def default_actors(num_clients: int, cpus_per_client: int = 1) -> int:
+    """ClientApp actors of a simulation: one per share of ``cpus_per_client`` cores, two from
+    :data:`MANY_CLIENTS` clients on.
+
+    While one actor waits for Flower's engine to hand it the next message (several ms per message), another
+    computes: at 1,000 digits clients on 2 cores a FedAvg round took 5.7 s with 4 actors and 8.3 s with 2. At
+    100 clients they tie (0.91 vs 0.95 s) and the extra actors only delay round 1 (39 vs 28 s: each imports
+    torch on the same cores) and hold ~0.5 GB each.
     """
-    return max(1, 2 * ((os.cpu_count() or 1) // cpus_per_client))
+    per_core = 2 if num_clients >= MANY_CLIENTS else 1
+    return max(1, per_core * ((os.cpu_count() or 1) // cpus_per_client))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -188,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         command.append(args.federation)
     command += ["--stream"]
     if not args.federation:
-        actors = args.actors or default_actors(args.cpus_per_client)
+        actors = args.actors or default_actors(args.nodes, args.cpus_per_client)
         # Ray makes floor(its CPUs / CPUs per client) actors
         command += ["--federation-config", f"num-supernodes={args.nodes} client-resources-num-cpus="
                     f"{args.cpus_per_client} init-args-num-cpus={actors * args.cpus_per_client}"]
@@ -332,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-n", "--nodes", type=int, default=10, help="simulated clients (default 10)")
     run.add_argument("--cpus-per-client", type=int, default=1, help="CPUs reserved per simulated client (default 1)")
     run.add_argument("--actors", type=int, default=None,
-                     help="ClientApp processes running clients side by side (default: 2 x cores / cpus-per-client)")
+                     help="ClientApp processes running clients side by side (default: cores / cpus-per-client, "
+                          f"twice that from {MANY_CLIENTS} clients)")
     run.add_argument("--federation", default="", help="a SuperLink connection of the Flower configuration "
                                                         "(deployment); default: local simulation")
     run.add_argument("--dry-run", action="store_true", help="only validate and print the resolved configuration")

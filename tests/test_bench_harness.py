@@ -60,9 +60,9 @@ def test_bench_command_refuses_unknown_systems_and_keys(capsys, tmp_path):
     assert "hiden-size" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("actors, expected", [(None, f" init-args-num-cpus={2 * os.cpu_count()}"),
-                                              (3, " init-args-num-cpus=3")])
-def test_run_passes_the_actor_count_to_ray(monkeypatch, actors, expected):
+@pytest.mark.parametrize("actors, nodes, expected", [(None, 4, os.cpu_count()), (None, 300, 2 * os.cpu_count()),
+                                                     (3, 300, 3)])
+def test_run_passes_the_actor_count_to_ray(monkeypatch, actors, nodes, expected):
     seen = {}
 
     def fake_stream(command, env, cwd):
@@ -70,7 +70,7 @@ def test_run_passes_the_actor_count_to_ray(monkeypatch, actors, expected):
         return 0, None
 
     monkeypatch.setattr(cli, "_stream", fake_stream)
-    argv = ["run", "-n", "4"] + (["--actors", str(actors)] if actors else [])
+    argv = ["run", "-n", str(nodes)] + (["--actors", str(actors)] if actors else [])
     assert cli.main(argv) == 0
     federation = seen["command"][seen["command"].index("--federation-config") + 1]
-    assert federation == f"num-supernodes=4 client-resources-num-cpus=1{expected}"
+    assert federation == f"num-supernodes={nodes} client-resources-num-cpus=1 init-args-num-cpus={expected}"
