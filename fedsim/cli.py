@@ -3,13 +3,17 @@
 ``fedsim run``
     Check the run configuration (defaults + preset + overrides) before anything
     starts, then hand it to ``flwr run`` with this machine's simulation settings
-    and a Flower home, SuperLink port and results folder private to the app
-    folder. A wrong key or value, a malformed preset or a missing data folder
-    is reported in one line and nothing is started.
+    (ClientApp actors per core, see :func:`default_actors`) and a Flower home,
+    SuperLink port and results folder private to the app folder. A wrong key or
+    value, a malformed preset or a missing data folder is reported in one line and
+    nothing is started.
 ``fedsim report RUN_DIR...``
     Compare finished runs: a table (mean +- std over seeds) and a combined plot.
 ``fedsim suite SUITE.toml``
     Run a benchmark suite (many seeds and strategies) and write its report.
+``fedsim bench``
+    Time fedsim against a plain PyTorch loop and Flower's built-in FedAvg: seconds per
+    round, time to round 1 and peak memory at 10, 100 and 1,000 clients (table, JSON, plot).
 ``fedsim stop``
     Stop the local SuperLink daemon that ``flwr run`` started for this app folder.
 """

@@ -280,17 +280,19 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     """Per-round time against the number of clients (left) and its ratio to the plain loop (right)."""
     from fedsim.plots import plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for system in dict.fromkeys(r["system"] for r in table):
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
+    colours = plt.get_cmap("tab10").colors
+    for index, system in enumerate(dict.fromkeys(r["system"] for r in table)):
         points = [(r["clients"], r["per-round"], r["vs-plain"]) for r in table if r["system"] == system
                   and r["per-round"]]
         if not points:
             continue
-        style = "--" if system.startswith("plain") else ":" if system.startswith("flower") else "-"
-        left.plot([p[0] for p in points], [p[1] for p in points], style, marker="o", label=system)
+        style = dict(ls="--" if system.startswith("plain") else ":" if system.startswith("flower") else "-",
+                     marker="o", color=colours[index % len(colours)], label=system)
+        left.plot([p[0] for p in points], [p[1] for p in points], **style)
         ratios = [p for p in points if p[2]]
         if ratios and not system.startswith("plain"):
-            right.plot([p[0] for p in ratios], [p[2] for p in ratios], style, marker="o", label=system)
+            right.plot([p[0] for p in ratios], [p[2] for p in ratios], **style)
     for ax, ylabel in ((left, "seconds per round (median of rounds 2..)"), (right, "x the plain PyTorch loop")):
         ax.set_xscale("log")
         ax.set_xlabel("simulated clients")
@@ -301,6 +303,8 @@ def plot(table: list[dict[str, Any]], path: Path) -> None:
     right.axhline(1.5, color="grey", lw=0.8, ls="--")
     right.axhline(1.3, color="grey", lw=0.8, ls=":")
     left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    right.set_title("targets: 1.5x at 100 clients (dashed), 1.3x at 1,000 (dotted)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
