@@ -76,7 +76,7 @@ class ClusteredPartitioner(Partitioner):
     def partition_arrays(self, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
         """The examples of one client as ``(images, labels)`` arrays: what :meth:`load_partition` holds.
 
-        A federation of 1,000 clients loads in 0.5 s this way instead of 12 s
+        A federation of 1,000 clients loads in 0.4 s this way instead of 12 s
         through a Dataset per client.
         """
         self._check_id(partition_id)
