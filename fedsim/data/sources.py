@@ -21,10 +21,12 @@ import gzip
 import pickle
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from datasets import Array3D, ClassLabel, Dataset, Features
+if TYPE_CHECKING:  # imported where a Dataset is built: `fedsim run` validates a configuration without it (1 s)
+    from datasets import Dataset
 
 
 class DataSourceError(FileNotFoundError):
@@ -68,6 +70,8 @@ def as_numpy(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 def to_dataset(images: np.ndarray, labels: np.ndarray, num_classes: int) -> Dataset:
     """Build the standard two-column Dataset from arrays of shape (N, C, H, W) and (N,)."""
+    from datasets import Array3D, ClassLabel, Dataset, Features
+
     features = Features(
         {
             "image": Array3D(shape=tuple(images.shape[1:]), dtype="float32"),
