@@ -1,4 +1,4 @@
-# fedsim: `make run` runs the main job, `make test` runs the tests, `make bench` the benchmark (about 40 min).
+# fedsim: `make run` runs the main job, `make test` runs the tests, `make bench` the benchmark (about 35 min).
 # Both create .venv and install everything from the project's own files first.
 # The Flower environment (private FLWR_HOME and SuperLink port, runtime dependency
 # installation and telemetry off, offline Hugging Face) is set by `fedsim run`.
