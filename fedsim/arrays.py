@@ -11,6 +11,7 @@ array it does not recognise (Fortran order, another byte order, another format) 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -40,20 +41,27 @@ def to_state_dict(record: ArrayRecord) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((name, torch.from_numpy(to_numpy(array).copy())) for name, array in record.items())
 
 
-def weighted_average(contents: list[RecordDict], weighting_key: str) -> ArrayRecord:
-    """Flower's ``aggregate_arrayrecords``: the average of the replies' arrays weighted by ``weighting_key``.
+def average(arrays: list[Mapping[str, np.ndarray]], weights: list[float]) -> dict[str, np.ndarray]:
+    """``sum_i x_i * (w_i / sum_j w_j)`` per name, in list order and the arrays' dtype.
 
-    The same operations in the same order (weights normalised first, then ``sum(x_i * w_i)`` in reply
-    order, in the arrays' dtype), so the result is bitwise Flower's.
+    The arithmetic of Flower's ``aggregate_arrayrecords`` (weights normalised first, then accumulated in
+    order), so an average taken here is bitwise Flower's.
     """
-    weights = [float(next(iter(c.metric_records.values()))[weighting_key]) for c in contents]
     total = sum(weights)
     out: dict[str, np.ndarray] = {}
-    for content, weight in zip(contents, [w / total for w in weights], strict=True):
-        for record in content.array_records.values():
-            for name, array in record.items():
-                if name in out:
-                    out[name] += to_numpy(array) * weight
-                else:
-                    out[name] = to_numpy(array) * weight
-    return ArrayRecord({name: Array(np.asarray(value)) for name, value in out.items()})
+    for named, weight in zip(arrays, [w / total for w in weights], strict=True):
+        for name, value in named.items():
+            if name in out:
+                out[name] += value * weight
+            else:
+                out[name] = value * weight
+    return out
+
+
+def weighted_average(contents: list[RecordDict], weighting_key: str) -> ArrayRecord:
+    """Flower's ``aggregate_arrayrecords``: the :func:`average` of the replies' arrays weighted by
+    ``weighting_key`` (bitwise Flower's result)."""
+    weights = [float(next(iter(c.metric_records.values()))[weighting_key]) for c in contents]
+    arrays = [{name: to_numpy(array) for record in c.array_records.values() for name, array in record.items()}
+              for c in contents]
+    return ArrayRecord({name: Array(np.asarray(value)) for name, value in average(arrays, weights).items()})

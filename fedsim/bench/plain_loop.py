@@ -37,6 +37,7 @@ import torch
 
 from clients.local_train import LocalTrainRole
 from fedsim import protocol
+from fedsim.arrays import average
 from fedsim.clustering import ari, clove_assign, ifca_assign, is_stable
 from fedsim.config import RunConfig
 from fedsim.data.federation import load_client_data
@@ -208,17 +209,9 @@ def _copy(state_dict: StateDict) -> StateDict:
 
 
 def _weighted_average(state_dicts: list[StateDict], weights: list[float]) -> StateDict:
-    """Flower's ``aggregate_arrayrecords``: ``sum_i x_i * (w_i / sum w)`` in float32, in the given order."""
-    total = sum(weights)
-    out: dict[str, np.ndarray] = {}
-    for state_dict, w in zip(state_dicts, weights):
-        factor = w / total
-        for key, value in state_dict.items():
-            if key in out:
-                out[key] += value.numpy() * factor
-            else:
-                out[key] = value.numpy() * factor
-    return {k: torch.from_numpy(v) for k, v in out.items()}
+    """Flower's ``aggregate_arrayrecords`` arithmetic (:func:`fedsim.arrays.average`) on state dicts."""
+    averaged = average([{k: v.numpy() for k, v in sd.items()} for sd in state_dicts], weights)
+    return {k: torch.from_numpy(v) for k, v in averaged.items()}
 
 
 def _weighted_mean(values: list[float], weights: list[float]) -> float:
