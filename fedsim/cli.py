@@ -106,7 +106,8 @@ def read_preset(path: Path) -> dict[str, Any]:
         raise UsageError(f"preset '{path}': {err}") from None
 
 
-def _app_defaults(app_dir: Path) -> dict[str, Any]:
+def app_defaults(app_dir: Path) -> dict[str, Any]:
+    """The run-config defaults of a Flower app folder (its ``[tool.flwr.app.config]``, flattened)."""
     try:
         with open(app_dir / "pyproject.toml", "rb") as fh:
             return flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
@@ -116,7 +117,7 @@ def _app_defaults(app_dir: Path) -> dict[str, Any]:
 
 def resolve_run_config(app_dir: Path, presets: list[Path], overrides: list[str]) -> tuple[dict[str, Any], RunConfig]:
     """Return ``(overrides to send, validated config)`` from the app's defaults, presets and overrides."""
-    defaults = _app_defaults(app_dir)
+    defaults = app_defaults(app_dir)
     chosen: dict[str, Any] = {}
     for preset in presets:
         chosen.update(read_preset(preset))
@@ -288,9 +289,8 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
-def stop_local_superlink(app_dir: Path, wait: float = 10.0) -> tuple[str, list[str]]:
-    """Stop the local SuperLink of ``app_dir`` (SIGTERM, waiting up to ``wait`` s); return its port and pids."""
-    port = flower_env(Path(app_dir))["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+def stop_listener(port: int | str, wait: float = 10.0) -> list[str]:
+    """SIGTERM the processes listening on TCP ``port`` and wait up to ``wait`` s for them to exit; their pids."""
     out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
     pids = sorted(set(re.findall(r"pid=(\d+)", out)))
     for pid in pids:
@@ -298,7 +298,13 @@ def stop_local_superlink(app_dir: Path, wait: float = 10.0) -> tuple[str, list[s
     deadline = time.monotonic() + wait
     while pids and time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
         time.sleep(0.1)
-    return port, pids
+    return pids
+
+
+def stop_local_superlink(app_dir: Path, wait: float = 10.0) -> tuple[str, list[str]]:
+    """Stop the local SuperLink of ``app_dir`` (see :func:`stop_listener`); return its port and pids."""
+    port = flower_env(Path(app_dir))["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"]
+    return port, stop_listener(port, wait)
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -319,7 +325,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     overrides = {}
     for text in args.run_config:
         overrides.update(parse_overrides(text))
-    RunConfig.from_mapping({**_app_defaults(Path(__file__).resolve().parents[1]), **overrides})  # fail early
+    RunConfig.from_mapping({**app_defaults(Path(__file__).resolve().parents[1]), **overrides})  # fail early
     import datetime as dt
 
     out = Path(args.out) if args.out else Path("results") / f"bench-{dt.datetime.now():%Y%m%d-%H%M%S}"

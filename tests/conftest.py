@@ -1,6 +1,4 @@
 import os
-import re
-import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -12,7 +10,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from fedsim.cli import flower_env  # noqa: E402
+from fedsim.cli import flower_env, stop_listener  # noqa: E402
 from fedsim.client_app import app as client_app  # noqa: E402
 from fedsim.config import RunConfig  # noqa: E402
 from fedsim.runner import run_rounds  # noqa: E402
@@ -89,6 +87,4 @@ def flower(tmp_path_factory):
     root = Path(__file__).resolve().parents[1]
     env = flower_env(root, {**os.environ, "FLWR_HOME": str(home), "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(port)})
     yield env
-    out = subprocess.run(["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout
-    for pid in set(re.findall(r"pid=(\d+)", out)):
-        os.kill(int(pid), signal.SIGTERM)
+    stop_listener(port)

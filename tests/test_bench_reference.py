@@ -86,11 +86,9 @@ def flower_app(monkeypatch):
 
 
 def _app_run_config() -> dict:
-    import tomllib
+    from fedsim.cli import app_defaults
 
-    from flwr.common.config import flatten_dict
-
-    return flatten_dict(tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
+    return app_defaults(APP_DIR)
 
 
 def test_flower_baseline_client_trains_and_evaluates(flower_app):

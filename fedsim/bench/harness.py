@@ -31,15 +31,13 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
-from flwr.common.config import flatten_dict
 
-from fedsim.cli import flower_env, stop_local_superlink
+from fedsim.cli import app_defaults, flower_env, stop_local_superlink
 from fedsim.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -127,16 +125,10 @@ def _pss_mb(proc: psutil.Process) -> float:
 
 
 # -- the systems ----------------------------------------------------------------------------------
-def app_defaults() -> dict[str, Any]:
-    """fedsim's run-config defaults (``[tool.flwr.app.config]``)."""
-    with open(REPO / "pyproject.toml", "rb") as fh:
-        return flatten_dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
-
-
 def _plain_child(overrides: dict[str, Any], clients: int, rounds: int, queue) -> None:
     from fedsim.bench.plain_loop import run_plain
 
-    config = RunConfig.from_mapping({**app_defaults(), **overrides})
+    config = RunConfig.from_mapping({**app_defaults(REPO), **overrides})
     queue.put(run_plain(config, clients, rounds))
 
 
