@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -705,40 +706,44 @@ def start_supernode(folder: str | Path, superlink_address: str, partition_id: in
     return started
 
 
-def _wait_connected(node: Started, log: Path, timeout: float, names: dict[str, object]) -> None:
-    """Wait for "SuperNode ID" in the node's log; turn a known failure line into a one-line error."""
-    start = max(log.read_text(errors="replace").rfind("\n--- "), 0)  # this start's header (see _spawn)
+def _wait_for_log(started: Started, log: Path, timeout: float, what: str, ready: Callable[[str], bool]) -> bool:
+    """Poll what this start of ``started`` wrote to ``log`` (after its header, see :func:`_spawn`) until
+    ``ready(text)``: True then, False after ``timeout`` s. ``ready`` may raise; so does an exit meanwhile."""
+    start = max(log.read_text(errors="replace").rfind("\n--- "), 0)
     deadline = time.monotonic() + timeout
-    what = f"SuperNode {names['name']}"
     while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")[start:]
-        if re.search(r"SuperNode ID: \d+", text):
-            return
-        for pattern, message in SUPERNODE_FAILURES:
-            if pattern.search(text):
-                detail = _failure_line(text)
-                raise DeployError(f"{what}: {message.format(**names)} [{detail}]")
-        if not _alive(node.pid):
-            _reap(node.pid)
+        if ready(log.read_text(errors="replace")[start:]):
+            return True
+        if not _alive(started.pid):
+            _reap(started.pid)
             raise DeployError(f"{what} exited at start: {_tail(log, 4)}")
         time.sleep(0.3)
-    raise DeployError(f"{what} was not accepted by the SuperLink {names['address']} within {timeout:.0f} s; "
-                      f"stopped it. Log: {_tail(log, 4)}")
+    return False
+
+
+def _wait_connected(node: Started, log: Path, timeout: float, names: dict[str, object]) -> None:
+    """Wait for "SuperNode ID" in the node's log; turn a known failure line into a one-line error."""
+    what = f"SuperNode {names['name']}"
+
+    def accepted(text: str) -> bool:
+        if re.search(r"SuperNode ID: \d+", text):
+            return True
+        for pattern, message in SUPERNODE_FAILURES:
+            if pattern.search(text):
+                raise DeployError(f"{what}: {message.format(**names)} [{_failure_line(text)}]")
+        return False
+
+    if not _wait_for_log(node, log, timeout, what, accepted):
+        raise DeployError(f"{what} was not accepted by the SuperLink {names['address']} within {timeout:.0f} s; "
+                          f"stopped it. Log: {_tail(log, 4)}")
 
 
 def _wait_serving(executor: Started, timeout: float) -> None:
     """Wait until the warm executor has its libraries imported and serves tasks."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = executor.log.read_text(errors="replace")
-        if "serving ClientApp tasks" in text[max(text.rfind("\n--- "), 0):]:
-            return
-        if not _alive(executor.pid):
-            _reap(executor.pid)
-            raise DeployError(f"the warm ClientApp executor exited at start: {_tail(executor.log, 4)}")
-        time.sleep(0.3)
-    raise DeployError(f"the warm ClientApp executor was not ready within {timeout:.0f} s; stopped the node. "
-                      f"Log: {_tail(executor.log, 4)}")
+    what = "the warm ClientApp executor"
+    if not _wait_for_log(executor, executor.log, timeout, what, lambda text: "serving ClientApp tasks" in text):
+        raise DeployError(f"{what} was not ready within {timeout:.0f} s; stopped the node. "
+                          f"Log: {_tail(executor.log, 4)}")
 
 
 def _failure_line(text: str) -> str:
